@@ -1,0 +1,1 @@
+"""Common Operations: long-running task service orchestrated by Temporal."""

@@ -1,0 +1,66 @@
+"""Building the runtime objects every entry point shares (API, gRPC, worker)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from piccolo.engine.postgres import PostgresEngine
+from temporalio.client import Client
+
+from common_operations.config import Settings
+from common_operations.db import engine as db_engine
+from common_operations.db.repository import TaskRepository
+from common_operations.infra import temporal
+from common_operations.infra.temporal import TaskWorkflows
+from common_operations.services.reconciler import Reconciler
+from common_operations.services.tasks import TaskService
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Connected clients and the services built on them."""
+
+    settings: Settings
+    engine: PostgresEngine
+    client: Client
+    repository: TaskRepository
+    workflows: TaskWorkflows
+    tasks: TaskService
+
+    def reconciler(self) -> Reconciler:
+        """A reconciler over this runtime's mirror and workflows."""
+        return Reconciler(self.repository, self.workflows, self.settings.operations)
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, client: Client | None = None) -> AsyncIterator[Runtime]:
+    """Connect to Postgres and Temporal and build the services; close the pool on exit.
+
+    Args:
+        settings: where the backing services are (their addresses must be set).
+        client: an already connected Temporal client to reuse (tests).
+    """
+    if not settings.database.url:
+        raise ValueError("database.url (DATABASE_URL) is not set")
+    if client is None:
+        if not settings.temporal.address:
+            raise ValueError("temporal.address (TEMPORAL_ADDRESS) is not set")
+        client = await temporal.connect(settings.temporal.address, settings.temporal.namespace)
+    engine = await db_engine.connect(
+        settings.database.url, pool_min=settings.database.pool_min, pool_max=settings.database.pool_max
+    )
+    try:
+        repository = TaskRepository(engine)
+        workflows = TaskWorkflows(client, settings.temporal.task_queue)
+        yield Runtime(
+            settings=settings,
+            engine=engine,
+            client=client,
+            repository=repository,
+            workflows=workflows,
+            tasks=TaskService(repository, workflows, settings.operations),
+        )
+    finally:
+        await engine.close_connection_pool()

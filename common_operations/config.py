@@ -1,0 +1,171 @@
+"""Typed settings: ``configs/config.yaml`` (or ``CONFIG_FILE``) overridden by environment variables.
+
+Environment variables use the ``CO_`` prefix with ``__`` for nesting (``CO_HTTP__PORT=8080``); the
+well-known ``DATABASE_URL``, ``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE`` and ``REDIS_URL`` are read
+as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from common_operations.domain.errors import UnknownTaskType
+from common_operations.domain.workflow_types import HandlerKind, HandlerSpec, RetrySpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "configs" / "config.yaml"
+
+
+class RetrySettings(BaseModel):
+    """Exponential backoff of a delegated activity."""
+
+    maximum_attempts: int = Field(5, ge=1)
+    initial_interval: float = Field(1.0, gt=0)
+    backoff_coefficient: float = Field(2.0, ge=1.0)
+    maximum_interval: float = Field(60.0, gt=0)
+
+
+class TaskTypeSettings(BaseModel):
+    """How one task type is handled."""
+
+    kind: HandlerKind = HandlerKind.EXTERNAL
+    task_queue: str | None = None
+    activity: str | None = None
+    heartbeat_timeout: float = Field(300.0, gt=0, description="seconds of worker silence tolerated")
+    retry: RetrySettings = RetrySettings()
+
+    def to_spec(self) -> HandlerSpec:
+        """The workflow-side description of this handler."""
+        return HandlerSpec(
+            kind=self.kind,
+            task_queue=self.task_queue,
+            activity=self.activity,
+            heartbeat_timeout_seconds=self.heartbeat_timeout,
+            retry=RetrySpec(
+                maximum_attempts=self.retry.maximum_attempts,
+                initial_interval_seconds=self.retry.initial_interval,
+                backoff_coefficient=self.retry.backoff_coefficient,
+                maximum_interval_seconds=self.retry.maximum_interval,
+            ),
+        )
+
+
+class OperationsSettings(BaseModel):
+    """Task execution rules."""
+
+    task_timeout: float = Field(86400.0, gt=0, description="seconds one run may take")
+    default_max_retries: int = Field(3, ge=0)
+    cancel_wait: float = Field(10.0, ge=0, description="seconds CancelTask waits for cleanup")
+    reconcile_interval: float = Field(15.0, gt=0)
+    orphan_grace: float = Field(30.0, ge=0, description="seconds before a run-less task is restarted")
+    task_types: dict[str, TaskTypeSettings] = Field(default_factory=dict)
+
+    def handler_for(self, task_type: str) -> HandlerSpec:
+        """The handler of ``task_type``.
+
+        Raises:
+            UnknownTaskType: the type is not configured (the message lists the allowed ones).
+        """
+        settings = self.task_types.get(task_type)
+        if settings is None:
+            allowed = sorted(self.task_types)
+            raise UnknownTaskType(
+                f"unknown taskType {task_type!r}; allowed: {', '.join(allowed)}",
+                field="taskType",
+                allowed=allowed,
+            )
+        return settings.to_spec()
+
+
+class HttpSettings(BaseModel):
+    """REST listener."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class GrpcSettings(BaseModel):
+    """gRPC listener."""
+
+    host: str = "0.0.0.0"  # noqa: S104
+    port: int = Field(9000, ge=0, le=65535)
+
+
+class TemporalSettings(BaseModel):
+    """Temporal connection; an empty address starts the embedded dev server (``run`` only)."""
+
+    address: str | None = None
+    namespace: str = "default"
+    task_queue: str = "common-operations"
+    ui_port: int = 8233
+    port: int = 7233
+
+
+class DatabaseSettings(BaseModel):
+    """Postgres; an empty url starts embedded Postgres under ``data_dir``."""
+
+    url: str | None = None
+    pool_min: int = Field(2, ge=1)
+    pool_max: int = Field(10, ge=1)
+
+
+class Settings(BaseSettings):
+    """All settings of the service."""
+
+    model_config = SettingsConfigDict(env_prefix="CO_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = PROJECT_ROOT / ".data"
+    log_level: str = "INFO"
+    http: HttpSettings = HttpSettings()
+    grpc: GrpcSettings = GrpcSettings()
+    temporal: TemporalSettings = TemporalSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    operations: OperationsSettings = OperationsSettings()
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    temporal_address: str | None = Field(None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "temporal_address"))
+    temporal_namespace: str | None = Field(None, validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "temporal_namespace"))
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value if value.is_absolute() else PROJECT_ROOT / value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init arguments, then environment, then the YAML file."""
+        path = Path(os.environ.get("CONFIG_FILE", DEFAULT_CONFIG_FILE))
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=path))
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Fold the well-known top-level variables into their sections."""
+        if self.database_url:
+            self.database.url = self.database_url
+        if self.temporal_address:
+            self.temporal.address = self.temporal_address
+        if self.temporal_namespace:
+            self.temporal.namespace = self.temporal_namespace
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings for entry points; tests build :class:`Settings` themselves."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Postgres persistence: Piccolo tables, migrations and repositories."""

@@ -1,0 +1,335 @@
+"""Task persistence: the mirror writes (idempotent, sequence-ordered) and the reads of the API.
+
+Hot paths use the Piccolo engine's asyncpg pool with hand-written SQL: each mirror write is one
+statement (task row + event + log line), which Postgres runs atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from piccolo.engine.postgres import PostgresEngine
+
+from common_operations.domain.status import ACTIVE_STATUSES, TaskStatus
+from common_operations.domain.task import (
+    Page,
+    PageRequest,
+    RecordCounts,
+    Task,
+    TaskEvent,
+    TaskLog,
+    TaskQuery,
+    escape_like,
+)
+from common_operations.domain.workflow_types import MirrorWrite
+
+TASK_COLUMNS = (
+    "id, task_type, entity_type, status, priority, requested_by, params, file_name, file_size, "
+    "input_file_url, output_file_url, total_records, processed_records, success_records, "
+    "failed_records, scheduled_at, started_at, completed_at, error_message, retry_count, "
+    "max_retries, created_at, updated_at, seq, run_id"
+)
+
+_INSERT_TASK = f"""
+WITH t AS (
+  INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
+  VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
+          0, $13, $14, $14, 0, NULL, 0)
+  RETURNING id
+), e AS (
+  INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
+  SELECT id, 0, 'task.created', $4, $15::jsonb, $14 FROM t
+)
+INSERT INTO task_logs (task_id, seq, level, message, created_at)
+SELECT id, 0, 'info', $16, $14 FROM t
+"""
+
+# A workflow write updates the row only when newer; its event and log line are recorded in any
+# case (a late write still belongs to the history), unless the task was deleted.
+# A guarded write (expect_seq) applies only on an exact sequence match and records nothing else.
+_MIRROR = """
+WITH u AS (
+  UPDATE tasks SET
+    seq = $2, run_id = CASE WHEN $21 THEN NULL ELSE COALESCE($3, run_id) END, status = $4, total_records = $5,
+    processed_records = $6, success_records = $7, failed_records = $8, progress_percentage = $9,
+    started_at = COALESCE($10, started_at), completed_at = $11, error_message = $12,
+    output_file_url = COALESCE($13, output_file_url), updated_at = $14,
+    retry_count = COALESCE($18, retry_count)
+  WHERE id = $1 AND (CASE WHEN $19::bigint IS NULL THEN seq < $2 ELSE seq = $19::bigint END)
+  RETURNING id
+), e AS (
+  INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
+  SELECT $1, $2, $15, $4, $16::jsonb, $14
+  WHERE EXISTS (SELECT 1 FROM u)
+     OR ($19::bigint IS NULL AND EXISTS (SELECT 1 FROM tasks WHERE id = $1))
+  ON CONFLICT (task_id, seq) DO NOTHING
+), l AS (
+  INSERT INTO task_logs (task_id, seq, level, message, created_at)
+  SELECT $1, $2, $17, $20, $14
+  WHERE EXISTS (SELECT 1 FROM u)
+     OR ($19::bigint IS NULL AND EXISTS (SELECT 1 FROM tasks WHERE id = $1))
+  ON CONFLICT (task_id, seq) DO NOTHING
+)
+SELECT count(*) FROM u
+"""
+
+_SEARCH_EXPR = "(id::text || ' ' || coalesce(file_name, '') || ' ' || coalesce(error_message, ''))"
+
+
+def _task_from_row(row: asyncpg.Record) -> Task:
+    params = row["params"]
+    return Task(
+        id=row["id"],
+        task_type=row["task_type"],
+        entity_type=row["entity_type"],
+        status=TaskStatus(row["status"]),
+        priority=row["priority"],
+        requested_by=row["requested_by"],
+        params=json.loads(params) if isinstance(params, str) else (params or {}),
+        file_name=row["file_name"],
+        file_size=row["file_size"],
+        input_file_url=row["input_file_url"],
+        output_file_url=row["output_file_url"],
+        counts=RecordCounts(
+            total=row["total_records"],
+            processed=row["processed_records"],
+            success=row["success_records"],
+            failed=row["failed_records"],
+        ),
+        scheduled_at=row["scheduled_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        error_message=row["error_message"],
+        retry_count=row["retry_count"],
+        max_retries=row["max_retries"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        seq=row["seq"],
+        run_id=row["run_id"],
+    )
+
+
+def event_payload(write: MirrorWrite) -> dict[str, Any]:
+    """The JSON body stored with a task event (what subscribers receive)."""
+    payload: dict[str, Any] = {
+        "status": write.status,
+        "message": write.message,
+        "totalRecords": write.total_records,
+        "processedRecords": write.processed_records,
+        "successRecords": write.success_records,
+        "failedRecords": write.failed_records,
+        "progressPercentage": write.progress_percentage,
+    }
+    if write.error_message:
+        payload["errorMessage"] = write.error_message
+    if write.output_file_url:
+        payload["outputFileUrl"] = write.output_file_url
+    return payload
+
+
+class TaskRepository:
+    """Reads and writes of ``tasks``, ``task_events`` and ``task_logs``."""
+
+    def __init__(self, engine: PostgresEngine) -> None:
+        """Use the engine's connection pool (it must be started)."""
+        if engine.pool is None:
+            raise RuntimeError("the Postgres engine's connection pool is not started")
+        self._pool: asyncpg.Pool = engine.pool
+
+    async def ping(self) -> None:
+        """Raise if Postgres does not answer."""
+        await self._pool.fetchval("SELECT 1")
+
+    async def insert_task(self, task: Task, message: str) -> None:
+        """Insert a new task with its ``task.created`` event and first log line, atomically."""
+        assert task.created_at is not None
+        await self._pool.execute(
+            _INSERT_TASK,
+            task.id,
+            task.task_type,
+            task.entity_type,
+            task.status.value,
+            task.priority,
+            task.requested_by,
+            json.dumps(task.params),
+            task.file_name,
+            task.file_size,
+            task.input_file_url,
+            task.output_file_url,
+            task.scheduled_at,
+            task.max_retries,
+            task.created_at,
+            json.dumps({"status": task.status.value, "message": message}),
+            message,
+        )
+
+    async def set_run_id(self, task_id: uuid.UUID, run_id: str) -> None:
+        """Record the Temporal run now working on the task."""
+        await self._pool.execute("UPDATE tasks SET run_id = $2 WHERE id = $1", task_id, run_id)
+
+    async def apply(
+        self,
+        write: MirrorWrite,
+        *,
+        expect_seq: int | None = None,
+        retry_count: int | None = None,
+        clear_run_id: bool = False,
+    ) -> bool:
+        """Apply a mirror write.
+
+        Args:
+            write: the new state, event and log line.
+            expect_seq: apply only if the row's sequence is exactly this (optimistic lock used by
+                the service and the reconciler); otherwise apply if ``write.seq`` is newer.
+            retry_count: a new retry count, when the write starts a retry.
+            clear_run_id: forget the run (a retry waits for its new run to be recorded).
+
+        Returns:
+            Whether the task row changed.
+        """
+        at = write.at or datetime.now().astimezone()
+        changed = await self._pool.fetchval(
+            _MIRROR,
+            uuid.UUID(write.task_id),
+            write.seq,
+            write.run_id or None,
+            write.status,
+            write.total_records,
+            write.processed_records,
+            write.success_records,
+            write.failed_records,
+            write.progress_percentage,
+            write.started_at,
+            write.completed_at,
+            write.error_message,
+            write.output_file_url,
+            at,
+            write.event_type,
+            json.dumps(event_payload(write)),
+            write.level,
+            retry_count,
+            expect_seq,
+            write.message,
+            clear_run_id,
+        )
+        return bool(changed)
+
+    async def get(self, task_id: uuid.UUID) -> Task | None:
+        """One task, or ``None``."""
+        row = await self._pool.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
+        return _task_from_row(row) if row else None
+
+    async def get_many(self, task_ids: Sequence[uuid.UUID]) -> list[Task]:
+        """The tasks among ``task_ids`` that exist."""
+        rows = await self._pool.fetch(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[])", list(task_ids)
+        )
+        return [_task_from_row(r) for r in rows]
+
+    async def list(self, query: TaskQuery) -> Page[Task]:
+        """A page of tasks, newest first, and the total matching the filters."""
+        clauses: list[str] = []
+        args: list[Any] = []
+
+        def add(sql: str, value: Any) -> None:
+            args.append(value)
+            clauses.append(sql.format(f"${len(args)}"))
+
+        if query.task_type:
+            add("task_type = {}", query.task_type)
+        if query.entity_type:
+            add("entity_type = {}", query.entity_type)
+        if query.status:
+            add("status = {}", query.status.value)
+        if query.requested_by:
+            add("requested_by = {}", query.requested_by)
+        if query.start_date:
+            add("created_at >= {}", query.start_date)
+        if query.end_date:
+            add("created_at <= {}", query.end_date)
+        if query.search:
+            add(_SEARCH_EXPR + " ILIKE {}", f"%{escape_like(query.search)}%")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        n = len(args)
+        page_sql = (
+            f"SELECT {TASK_COLUMNS} FROM tasks {where} "
+            f"ORDER BY created_at DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}"
+        )
+        # Page and count run on two connections at once: the count dominates on large tables.
+        rows, total = await asyncio.gather(
+            self._pool.fetch(page_sql, *args, query.page_size, query.offset),
+            self._pool.fetchval(f"SELECT count(*) FROM tasks {where}", *args),
+        )
+        return Page([_task_from_row(r) for r in rows], int(total), query.page, query.page_size)
+
+    async def delete_closed(self, task_id: uuid.UUID) -> bool:
+        """Delete a task (and, by cascade, its logs and events) unless a run works on it.
+
+        Returns:
+            Whether a row was deleted.
+        """
+        result = await self._pool.execute(
+            "DELETE FROM tasks WHERE id = $1 AND NOT (status = ANY($2::text[]))",
+            task_id,
+            [s.value for s in ACTIVE_STATUSES],
+        )
+        return result.endswith(" 1")
+
+    async def logs(self, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
+        """A page of a task's log lines, oldest first."""
+        rows, total = await asyncio.gather(
+            self._pool.fetch(
+                "SELECT task_id, seq, level, message, created_at FROM task_logs WHERE task_id = $1 "
+                "ORDER BY seq, id LIMIT $2 OFFSET $3",
+                task_id,
+                page.page_size,
+                page.offset,
+            ),
+            self._pool.fetchval("SELECT count(*) FROM task_logs WHERE task_id = $1", task_id),
+        )
+        items = [TaskLog(r["task_id"], r["seq"], r["level"], r["message"], r["created_at"]) for r in rows]
+        return Page(items, int(total), page.page, page.page_size)
+
+    async def events(self, task_id: uuid.UUID, page: PageRequest) -> Page[TaskEvent]:
+        """A page of a task's events, in sequence order."""
+        rows, total = await asyncio.gather(
+            self._pool.fetch(
+                "SELECT id, task_id, seq, event_type, status, payload, created_at, published_at "
+                "FROM task_events WHERE task_id = $1 ORDER BY seq, id LIMIT $2 OFFSET $3",
+                task_id,
+                page.page_size,
+                page.offset,
+            ),
+            self._pool.fetchval("SELECT count(*) FROM task_events WHERE task_id = $1", task_id),
+        )
+        items = [
+            TaskEvent(
+                id=r["id"],
+                task_id=r["task_id"],
+                seq=r["seq"],
+                event_type=r["event_type"],
+                status=TaskStatus(r["status"]),
+                payload=json.loads(r["payload"]) if isinstance(r["payload"], str) else r["payload"],
+                created_at=r["created_at"],
+                published_at=r["published_at"],
+            )
+            for r in rows
+        ]
+        return Page(items, int(total), page.page, page.page_size)
+
+    async def runless(self, older_than: datetime, limit: int) -> list[Task]:
+        """Active tasks with no known workflow run, last touched before ``older_than``."""
+        rows = await self._pool.fetch(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = ANY($1::text[]) AND run_id IS NULL "
+            "AND updated_at < $2 ORDER BY updated_at LIMIT $3",
+            [s.value for s in ACTIVE_STATUSES],
+            older_than,
+            limit,
+        )
+        return [_task_from_row(r) for r in rows]

@@ -1,0 +1,111 @@
+"""Piccolo tables. Schema changes go through committed migrations in ``piccolo_migrations/``."""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSONB,
+    UUID,
+    BigInt,
+    Boolean,
+    DoublePrecision,
+    ForeignKey,
+    Integer,
+    BigSerial,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.base import OnDelete
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+
+class Tasks(Table, tablename="tasks"):
+    """The mirror of every task's state, written by its workflow in sequence order."""
+
+    id = UUID(primary_key=True)
+    task_type = Varchar(length=100)
+    entity_type = Varchar(length=100, default="")
+    status = Varchar(length=20)
+    priority = Integer(default=0)
+    requested_by = Varchar(length=255)
+    params = JSONB(default={})
+    file_name = Text(null=True, default=None)
+    file_size = BigInt(null=True, default=None)
+    input_file_url = Text(null=True, default=None)
+    output_file_url = Text(null=True, default=None)
+    total_records = BigInt(default=0)
+    processed_records = BigInt(default=0)
+    success_records = BigInt(default=0)
+    failed_records = BigInt(default=0)
+    progress_percentage = DoublePrecision(default=0.0)
+    scheduled_at = Timestamptz(null=True, default=None)
+    started_at = Timestamptz(null=True, default=None)
+    completed_at = Timestamptz(null=True, default=None)
+    error_message = Text(null=True, default=None)
+    retry_count = Integer(default=0)
+    max_retries = Integer(default=3)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+    # Mirror sequence of the last applied write; a write with an older one is ignored.
+    seq = BigInt(default=0)
+    # Temporal run working on the task; NULL until a run is known to exist.
+    run_id = Varchar(length=64, null=True, default=None)
+
+
+class TaskLogs(Table, tablename="task_logs"):
+    """Log lines of a task, ordered by ``(seq, id)``."""
+
+    id = BigSerial(primary_key=True)
+    task_id = ForeignKey(references=Tasks, on_delete=OnDelete.cascade, index=True)
+    seq = BigInt()
+    level = Varchar(length=10, default="info")
+    message = Text()
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class TaskEvents(Table, tablename="task_events"):
+    """Task history and the transactional outbox (``published_at`` NULL = not yet relayed)."""
+
+    id = BigSerial(primary_key=True)
+    task_id = ForeignKey(references=Tasks, on_delete=OnDelete.cascade, index=True)
+    seq = BigInt()
+    event_type = Varchar(length=50)
+    status = Varchar(length=20)
+    payload = JSONB(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+    published_at = Timestamptz(null=True, default=None)
+
+
+class Settings(Table, tablename="settings"):
+    """Key/value settings (payment settings live under ``payment``)."""
+
+    key = Varchar(length=100, primary_key=True)
+    value = JSONB(default={})
+    is_public = Boolean(default=False)
+    updated_by = Varchar(length=255, default="")
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class SettingsAudit(Table, tablename="settings_audit"):
+    """Every change of a setting: who, when, before and after."""
+
+    id = BigSerial(primary_key=True)
+    key = Varchar(length=100, index=True)
+    old_value = JSONB(null=True, default=None)
+    new_value = JSONB(default={})
+    changed_by = Varchar(length=255)
+    changed_at = Timestamptz(default=TimestamptzNow())
+
+
+class Messages(Table, tablename="messages"):
+    """i18n message templates, unique per ``(key, locale)``."""
+
+    id = BigSerial(primary_key=True)
+    key = Varchar(length=200)
+    locale = Varchar(length=20, default="en")
+    template = Text()
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+ALL_TABLES: list[type[Table]] = [Tasks, TaskLogs, TaskEvents, Settings, SettingsAudit, Messages]

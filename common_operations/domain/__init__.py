@@ -1,0 +1,1 @@
+"""Pure domain model: no I/O, safe to import inside the Temporal workflow sandbox."""

@@ -1,0 +1,64 @@
+"""Domain errors with stable codes; transports map them to HTTP problems and gRPC statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base error carrying a stable machine-readable ``code``."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ValidationFailed(DomainError):
+    """Input is malformed or out of range."""
+
+    code = "VALIDATION_FAILED"
+
+
+class UnknownTaskType(ValidationFailed):
+    """The task type is not configured."""
+
+    code = "UNKNOWN_TASK_TYPE"
+
+
+class TaskNotFound(DomainError):
+    """No task has the given id."""
+
+    code = "TASK_NOT_FOUND"
+
+
+class InvalidTransition(DomainError):
+    """The requested change is not allowed from the task's current status."""
+
+    code = "INVALID_TRANSITION"
+
+
+class RetryLimitExceeded(InvalidTransition):
+    """The task has used all of its retries."""
+
+    code = "RETRY_LIMIT_EXCEEDED"
+
+
+class NotAvailable(DomainError):
+    """The requested resource does not exist yet (e.g. no output file)."""
+
+    code = "NOT_AVAILABLE"
+
+
+class PermissionDenied(DomainError):
+    """The caller may not perform this action."""
+
+    code = "PERMISSION_DENIED"
+
+
+class ServiceUnavailable(DomainError):
+    """A backing service (Temporal, Postgres) cannot be reached."""
+
+    code = "SERVICE_UNAVAILABLE"

@@ -1,0 +1,103 @@
+"""Task statuses and the one place where transitions are decided."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from common_operations.domain.errors import InvalidTransition, RetryLimitExceeded
+
+
+class TaskStatus(StrEnum):
+    """Lifecycle states of a task (seed names)."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """``completed`` and ``cancelled`` never change again."""
+        return self in FINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        """A workflow run is (or should be) working on the task."""
+        return self in ACTIVE_STATUSES
+
+    @property
+    def is_closed(self) -> bool:
+        """No run is working on the task (final or failed)."""
+        return not self.is_active
+
+
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.PROCESSING})
+
+_ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.SCHEDULED: frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED, TaskStatus.FAILED}),
+    TaskStatus.PENDING: frozenset(
+        {TaskStatus.PROCESSING, TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.COMPLETED}
+    ),
+    TaskStatus.PROCESSING: frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}),
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
+    """Whether ``current -> target`` is an edge of the status machine."""
+    return target in _ALLOWED[current]
+
+
+def ensure_transition(current: TaskStatus, target: TaskStatus) -> None:
+    """Raise :class:`InvalidTransition` unless ``current -> target`` is allowed.
+
+    Args:
+        current: the task's status now.
+        target: the status asked for.
+
+    Raises:
+        InvalidTransition: the edge does not exist.
+    """
+    if not can_transition(current, target):
+        raise InvalidTransition(
+            f"cannot move a task from {current.value} to {target.value}",
+            current=current.value,
+            target=target.value,
+        )
+
+
+def ensure_cancellable(current: TaskStatus) -> None:
+    """Only scheduled, pending and processing tasks can be cancelled."""
+    ensure_transition(current, TaskStatus.CANCELLED)
+
+
+def ensure_retryable(current: TaskStatus, retry_count: int, max_retries: int) -> None:
+    """A task can be retried only from ``failed`` and while retries remain.
+
+    Raises:
+        InvalidTransition: the task is not failed.
+        RetryLimitExceeded: ``retry_count >= max_retries``.
+    """
+    if current is not TaskStatus.FAILED:
+        raise InvalidTransition(
+            f"only failed tasks can be retried; this one is {current.value}", current=current.value
+        )
+    if retry_count >= max_retries:
+        raise RetryLimitExceeded(
+            f"task has been retried {retry_count} of {max_retries} times",
+            retry_count=retry_count,
+            max_retries=max_retries,
+        )
+
+
+def ensure_deletable(current: TaskStatus) -> None:
+    """Tasks that a run is working on cannot be deleted; cancel them first."""
+    if current.is_active:
+        raise InvalidTransition(
+            f"cannot delete a {current.value} task; cancel it first", current=current.value
+        )

@@ -1,0 +1,1 @@
+"""Adapters to backing services (Temporal client, embedded servers)."""

@@ -1,0 +1,1 @@
+"""Temporal workflows (deterministic; import only stdlib, temporalio and ``domain``)."""

