@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class ErrorKind(StrEnum):
+    """Transport-neutral category; REST maps it to an HTTP status, gRPC to a status code."""
+
+    INVALID = "invalid"  # 400 / INVALID_ARGUMENT
+    NOT_FOUND = "not_found"  # 404 / NOT_FOUND
+    CONFLICT = "conflict"  # 409 / FAILED_PRECONDITION
+    FORBIDDEN = "forbidden"  # 403 / PERMISSION_DENIED
+    UNAVAILABLE = "unavailable"  # 503 / UNAVAILABLE
+    INTERNAL = "internal"  # 500 / INTERNAL
 
 
 class DomainError(Exception):
     """Base error carrying a stable machine-readable ``code``."""
 
     code = "INTERNAL"
+    kind = ErrorKind.INTERNAL
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -20,6 +33,7 @@ class ValidationFailed(DomainError):
     """Input is malformed or out of range."""
 
     code = "VALIDATION_FAILED"
+    kind = ErrorKind.INVALID
 
 
 class UnknownTaskType(ValidationFailed):
@@ -32,12 +46,14 @@ class TaskNotFound(DomainError):
     """No task has the given id."""
 
     code = "TASK_NOT_FOUND"
+    kind = ErrorKind.NOT_FOUND
 
 
 class InvalidTransition(DomainError):
     """The requested change is not allowed from the task's current status."""
 
     code = "INVALID_TRANSITION"
+    kind = ErrorKind.CONFLICT
 
 
 class RetryLimitExceeded(InvalidTransition):
@@ -50,15 +66,18 @@ class NotAvailable(DomainError):
     """The requested resource does not exist yet (e.g. no output file)."""
 
     code = "NOT_AVAILABLE"
+    kind = ErrorKind.CONFLICT
 
 
 class PermissionDenied(DomainError):
     """The caller may not perform this action."""
 
     code = "PERMISSION_DENIED"
+    kind = ErrorKind.FORBIDDEN
 
 
 class ServiceUnavailable(DomainError):
     """A backing service (Temporal, Postgres) cannot be reached."""
 
     code = "SERVICE_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
