@@ -91,14 +91,14 @@ class OperationsSettings(BaseModel):
 class HttpSettings(BaseModel):
     """REST listener."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
+    host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
 
 
 class GrpcSettings(BaseModel):
     """gRPC listener."""
 
-    host: str = "0.0.0.0"  # noqa: S104
+    host: str = "0.0.0.0"
     port: int = Field(9000, ge=0, le=65535)
 
 
@@ -133,8 +133,12 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     operations: OperationsSettings = OperationsSettings()
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
-    temporal_address: str | None = Field(None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "temporal_address"))
-    temporal_namespace: str | None = Field(None, validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "temporal_namespace"))
+    temporal_address: str | None = Field(
+        None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "temporal_address")
+    )
+    temporal_namespace: str | None = Field(
+        None, validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "temporal_namespace")
+    )
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
 
     @field_validator("data_dir")

@@ -232,7 +232,7 @@ class TaskRepository:
         )
         return [_task_from_row(r) for r in rows]
 
-    async def list(self, query: TaskQuery) -> Page[Task]:
+    async def page(self, query: TaskQuery) -> Page[Task]:
         """A page of tasks, newest first, and the total matching the filters."""
         clauses: list[str] = []
         args: list[Any] = []
@@ -274,7 +274,7 @@ class TaskRepository:
         Returns:
             Whether a row was deleted.
         """
-        result = await self._pool.execute(
+        result: str = await self._pool.execute(
             "DELETE FROM tasks WHERE id = $1 AND NOT (status = ANY($2::text[]))",
             task_id,
             [s.value for s in ACTIVE_STATUSES],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,8 +62,8 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
     existing = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
     )
-    wanted = {name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in KEYWORD_SEARCH_ATTRIBUTES}
-    wanted |= {name: IndexedValueType.INDEXED_VALUE_TYPE_INT for name in INT_SEARCH_ATTRIBUTES}
+    wanted = dict.fromkeys(KEYWORD_SEARCH_ATTRIBUTES, IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD)
+    wanted |= dict.fromkeys(INT_SEARCH_ATTRIBUTES, IndexedValueType.INDEXED_VALUE_TYPE_INT)
     missing = {k: v for k, v in wanted.items() if k not in existing.custom_attributes}
     if missing:
         await client.operator_service.add_search_attributes(
@@ -132,9 +133,10 @@ class TaskWorkflows:
             TaskNotFound: no run is working on the task.
         """
         try:
-            return await self._handle(task_id).execute_update(
+            snapshot: ProgressSnapshot = await self._handle(task_id).execute_update(
                 REPORT_PROGRESS_UPDATE, report, result_type=ProgressSnapshot
             )
+            return snapshot
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type in _ERRORS_BY_CODE:
@@ -151,7 +153,10 @@ class TaskWorkflows:
     async def progress(self, task_id: str) -> ProgressSnapshot:
         """The live ``progress`` query of the task's latest run."""
         try:
-            return await self._handle(task_id).query(PROGRESS_QUERY, result_type=ProgressSnapshot)
+            snapshot: ProgressSnapshot = await self._handle(task_id).query(
+                PROGRESS_QUERY, result_type=ProgressSnapshot
+            )
+            return snapshot
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 raise TaskNotFound("the task has no workflow run") from err
@@ -170,10 +175,9 @@ class TaskWorkflows:
             if err.status is RPCStatusCode.NOT_FOUND:
                 return False
             raise _unavailable(err) from err
-        try:
+        # The run ends as cancelled (a failure for result()); we only wait for its cleanup.
+        with contextlib.suppress(WorkflowFailureError, TimeoutError):
             await asyncio.wait_for(handle.result(), timeout=wait)
-        except (WorkflowFailureError, TimeoutError):
-            pass
         return True
 
     async def describe(self, task_id: str) -> RunInfo | None:

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from common_operations.config import OperationsSettings
@@ -93,7 +93,7 @@ class Reconciler:
     async def _closed_runs(self, report: ReconcileReport) -> None:
         since = (now() - self.lookback).strftime("%Y-%m-%dT%H:%M:%SZ")
         client = self.workflows.client
-        runs = {}
+        runs: dict[str, WorkflowExecution] = {}
         async for execution in client.list_workflows(_CLOSED_QUERY.format(since=since), limit=500):
             task_id = execution.id.removeprefix("task-")
             runs.setdefault(task_id, execution)

@@ -83,7 +83,9 @@ def workflow_input(task: Task, settings: OperationsSettings, seq: int) -> TaskWo
     )
 
 
-def snapshot_write(task: Task, *, status: TaskStatus, event: str, message: str, **changes: Any) -> MirrorWrite:
+def snapshot_write(
+    task: Task, *, status: TaskStatus, event: str, message: str, **changes: Any
+) -> MirrorWrite:
     """A mirror write made by the service (not a workflow): the row's state with ``changes``."""
     values: dict[str, Any] = {
         "task_id": str(task.id),
@@ -184,7 +186,7 @@ class TaskService:
 
     async def list_tasks(self, principal: Principal, query: TaskQuery) -> Page[Task]:
         """Tasks matching the filters, newest first."""
-        return await self.repository.list(validate_query(query))
+        return await self.repository.page(validate_query(query))
 
     async def cancel_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
         """Cancel a scheduled, pending or processing task through its workflow.
@@ -239,9 +241,7 @@ class TaskService:
         await self._start_run(retried, seq=retried.seq)
         return await self._get(task_id)
 
-    async def update_progress(
-        self, principal: Principal, task_id: uuid.UUID, report: ProgressReport
-    ) -> Task:
+    async def update_progress(self, principal: Principal, task_id: uuid.UUID, report: ProgressReport) -> Task:
         """Apply an external worker's progress report through the task's workflow.
 
         The report reaches the workflow as a Temporal Update; its validator rejects reports on
@@ -312,6 +312,6 @@ class TaskService:
             try:
                 await probe()
                 components[name] = "up"
-            except (DomainError, OSError, Exception) as err:  # noqa: BLE001 - health reports, never raises
+            except (DomainError, OSError, Exception) as err:
                 components[name] = f"down: {type(err).__name__}: {err}"
         return HealthReport(all(v == "up" for v in components.values()), components)

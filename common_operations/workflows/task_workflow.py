@@ -205,9 +205,13 @@ class TaskWorkflow:
         while not self._status.is_closed:
             remaining = (deadline - workflow.now()).total_seconds()
             seen = self._reports
+
+            def reported_or_closed(seen: int = seen) -> bool:
+                return self._reports != seen or self._status.is_closed
+
             try:
                 await workflow.wait_condition(
-                    lambda: self._reports != seen or self._status.is_closed,
+                    reported_or_closed,
                     timeout=max(0.001, min(silence, remaining)),
                 )
             except TimeoutError:
