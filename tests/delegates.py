@@ -40,7 +40,10 @@ class DelegateActivities:
         self.probe.started.append(inp.task_id)
         total = int(inp.params.get("records", 3))
         return DelegatedTaskResult(
-            total_records=total, processed_records=total, success_records=total, failed_records=0,
+            total_records=total,
+            processed_records=total,
+            success_records=total,
+            failed_records=0,
             message=f"echoed {total} records",
         )
 

@@ -14,11 +14,15 @@ ALICE = Principal("alice", frozenset({"operator"}))
 
 async def test_external_task_reports_progress_and_completes(runtime: Runtime, worker: Worker) -> None:
     svc = runtime.tasks
-    task = await svc.create_task(ALICE, CreateTask(task_type="process", entity_type="product", requested_by=""))
+    task = await svc.create_task(
+        ALICE, CreateTask(task_type="process", entity_type="product", requested_by="")
+    )
     assert task.status is TaskStatus.PENDING
     assert task.requested_by == "alice"
 
-    task = await svc.update_progress(ALICE, task.id, ProgressReport(total_records=10, processed_records=4, success_records=4))
+    task = await svc.update_progress(
+        ALICE, task.id, ProgressReport(total_records=10, processed_records=4, success_records=4)
+    )
     assert task.status is TaskStatus.PROCESSING
     assert task.progress_percentage == 40.0
     assert task.started_at is not None
@@ -27,7 +31,9 @@ async def test_external_task_reports_progress_and_completes(runtime: Runtime, wo
     assert snapshot.processed_records == 4 and snapshot.status == "processing"
 
     task = await svc.update_progress(
-        ALICE, task.id, ProgressReport(processed_records=10, success_records=9, failed_records=1, is_completed=True)
+        ALICE,
+        task.id,
+        ProgressReport(processed_records=10, success_records=9, failed_records=1, is_completed=True),
     )
     assert task.status is TaskStatus.COMPLETED
     assert task.counts.failed == 1 and task.progress_percentage == 100.0
