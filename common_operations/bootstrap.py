@@ -53,7 +53,9 @@ async def open_runtime(settings: Settings, *, client: Client | None = None) -> A
     )
     try:
         repository = TaskRepository(engine)
-        workflows = TaskWorkflows(client, settings.temporal.task_queue)
+        workflows = TaskWorkflows(
+            client, settings.temporal.task_queue, search_attributes=settings.temporal.search_attributes
+        )
         yield Runtime(
             settings=settings,
             engine=engine,

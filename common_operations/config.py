@@ -110,6 +110,9 @@ class TemporalSettings(BaseModel):
     task_queue: str = "common-operations"
     ui_port: int = 8233
     port: int = 7233
+    # Off only for servers that cannot register custom search attributes (the time-skipping test
+    # server); operators then lose the TaskType/TaskStatus filters.
+    search_attributes: bool = True
 
 
 class DatabaseSettings(BaseModel):

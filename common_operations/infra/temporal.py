@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -17,7 +17,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common_operations.domain.errors import (
@@ -86,10 +86,17 @@ def _unavailable(err: RPCError) -> ServiceUnavailable:
 class TaskWorkflows:
     """Starts, signals and inspects ``TaskWorkflow`` runs for the service layer."""
 
-    def __init__(self, client: Client, task_queue: str) -> None:
-        """Use ``client`` and start workflows on ``task_queue``."""
+    def __init__(self, client: Client, task_queue: str, *, search_attributes: bool = True) -> None:
+        """Use ``client`` and start workflows on ``task_queue``.
+
+        Args:
+            client: a connected Temporal client.
+            task_queue: where the service's worker polls.
+            search_attributes: index tasks by search attributes (off for the time-skipping server).
+        """
         self.client = client
         self.task_queue = task_queue
+        self.search_attributes = search_attributes
 
     def _handle(self, task_id: str) -> WorkflowHandle[TaskWorkflow, ProgressSnapshot]:
         return self.client.get_workflow_handle_for(TaskWorkflow.run, workflow_id_for(task_id))
@@ -104,8 +111,7 @@ class TaskWorkflows:
             InvalidTransition: a run is already working on the task.
             ServiceUnavailable: Temporal did not answer.
         """
-        from temporalio.exceptions import WorkflowAlreadyStartedError
-
+        inp = replace(inp, search_attributes=self.search_attributes)
         try:
             handle = await self.client.start_workflow(
                 TaskWorkflow.run,
@@ -116,7 +122,9 @@ class TaskWorkflows:
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 search_attributes=TypedSearchAttributes(
                     search_attribute_pairs(inp, TaskStatus(inp.status), 0)
-                ),
+                )
+                if inp.search_attributes
+                else None,
             )
         except WorkflowAlreadyStartedError as err:
             raise InvalidTransition("a workflow run is already working on this task") from err

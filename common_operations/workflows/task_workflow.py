@@ -317,12 +317,13 @@ class TaskWorkflow:
 
     async def _write(self, event: str, message: str, level: str = "info") -> None:
         self._seq += 1
-        workflow.upsert_search_attributes(
-            [
-                pair.key.value_set(pair.value)
-                for pair in search_attribute_pairs(self._inp, self._status, self._counts.percentage)
-            ]
-        )
+        if self._inp.search_attributes:
+            workflow.upsert_search_attributes(
+                [
+                    pair.key.value_set(pair.value)
+                    for pair in search_attribute_pairs(self._inp, self._status, self._counts.percentage)
+                ]
+            )
         await workflow.execute_local_activity(
             MIRROR_ACTIVITY,
             MirrorWrite(
