@@ -11,7 +11,7 @@ from common_operations.activities.mirror import MirrorActivities
 from common_operations.bootstrap import Runtime
 from common_operations.domain.principal import Principal
 from common_operations.domain.status import TaskStatus
-from common_operations.domain.task import CreateTask, PageRequest, Task
+from common_operations.domain.task import PageRequest, Task
 from common_operations.domain.workflow_types import MirrorWrite
 from common_operations.services.tasks import snapshot_write
 

@@ -37,9 +37,8 @@ async def ts_runtime(
         task_timeout=7200,
     )
     settings.operations.task_types["process"].heartbeat_timeout = 600
-    async with open_runtime(settings, client=time_skipping_env.client) as runtime:
-        async with build_worker(runtime):
-            yield runtime
+    async with open_runtime(settings, client=time_skipping_env.client) as runtime, build_worker(runtime):
+        yield runtime
 
 
 async def _status(runtime: Runtime, task_id: uuid.UUID) -> TaskStatus:
