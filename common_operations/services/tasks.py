@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +12,6 @@ from typing import Any
 from common_operations.config import OperationsSettings
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.errors import (
-    DomainError,
     InvalidTransition,
     NotAvailable,
     ServiceUnavailable,
@@ -53,10 +54,15 @@ class DownloadUrl:
 
 @dataclass(frozen=True, slots=True)
 class HealthReport:
-    """Overall status and the status of each backing service."""
+    """Overall status and the status of each backing service.
+
+    ``healthy`` covers the required services (Postgres, Temporal); an optional one that is down
+    (Redis) only makes the report ``degraded``.
+    """
 
     healthy: bool
     components: dict[str, str] = field(default_factory=dict)
+    degraded: bool = False
 
 
 def now() -> datetime:
@@ -112,12 +118,25 @@ class TaskService:
     """Task use cases. Raises :class:`DomainError` subclasses that transports map once."""
 
     def __init__(
-        self, repository: TaskRepository, workflows: TaskWorkflows, settings: OperationsSettings
+        self,
+        repository: TaskRepository,
+        workflows: TaskWorkflows,
+        settings: OperationsSettings,
+        *,
+        optional_probes: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
     ) -> None:
-        """Wire the service to its repository, Temporal gateway and settings."""
+        """Wire the service to its repository, Temporal gateway and settings.
+
+        Args:
+            repository: the Postgres mirror.
+            workflows: the Temporal gateway.
+            settings: task execution rules.
+            optional_probes: health checks of optional services (e.g. ``{"redis": ping}``).
+        """
         self.repository = repository
         self.workflows = workflows
         self.settings = settings
+        self.optional_probes = dict(optional_probes or {})
 
     async def _get(self, task_id: uuid.UUID) -> Task:
         task = await self.repository.get(task_id)
@@ -306,12 +325,21 @@ class TaskService:
         return DownloadUrl(url=task.output_file_url, file_name=task.file_name)
 
     async def health(self) -> HealthReport:
-        """Reachability of Postgres and Temporal."""
-        components: dict[str, str] = {}
-        for name, probe in (("database", self.repository.ping), ("temporal", self.workflows.ping)):
-            try:
-                await probe()
-                components[name] = "up"
-            except (DomainError, OSError, Exception) as err:
-                components[name] = f"down: {type(err).__name__}: {err}"
-        return HealthReport(all(v == "up" for v in components.values()), components)
+        """Reachability of Postgres and Temporal (required) and of optional services."""
+        required = {"database": self.repository.ping, "temporal": self.workflows.ping}
+        probes = {**required, **self.optional_probes}
+        results = await asyncio.gather(*(_probe(p) for p in probes.values()))
+        components = dict(zip(probes, results, strict=True))
+        return HealthReport(
+            healthy=all(components[name] == "up" for name in required),
+            components=components,
+            degraded=any(components[name] != "up" for name in self.optional_probes),
+        )
+
+
+async def _probe(probe: Callable[[], Awaitable[None]]) -> str:
+    try:
+        await asyncio.wait_for(probe(), timeout=5)
+    except Exception as err:
+        return f"down: {type(err).__name__}: {err}"
+    return "up"
