@@ -1,0 +1,1 @@
+"""gRPC transport: OperationsService servicer, server (health, reflection) and generated stubs."""

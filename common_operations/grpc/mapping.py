@@ -1,0 +1,268 @@
+"""Proto <-> domain conversions of the gRPC API; no rules beyond decoding live here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from common_operations.domain.errors import ValidationFailed
+from common_operations.domain.status import TaskStatus
+from common_operations.domain.task import (
+    CreateTask,
+    Page,
+    PageRequest,
+    ProgressReport,
+    Task,
+    TaskEvent,
+    TaskLog,
+    TaskQuery,
+    parse_params,
+)
+from common_operations.grpc.v1 import operations_pb2 as pb
+from common_operations.services.tasks import DownloadUrl, HealthReport
+
+# Struct numbers are doubles; beyond 2**53 a double cannot hold every integer, so leave those alone.
+_MAX_EXACT_INT = 2**53
+
+
+# -- scalars -------------------------------------------------------------------------------------
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp for ``value``; ``None`` stays unset."""
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
+    """A time-zone aware (UTC) datetime."""
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _whole_numbers_as_int(value: Any) -> Any:
+    # Struct carries every number as a double; JSON clients mean 3, not 3.0, so params and payloads
+    # read the same through gRPC as through REST.
+    if isinstance(value, float) and value.is_integer() and not math.isinf(value):
+        return int(value) if abs(value) <= _MAX_EXACT_INT else value
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_int(v) for v in value]
+    return value
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON-like Python values (whole numbers as ``int``)."""
+    decoded: dict[str, Any] = json_format.MessageToDict(value)
+    return {k: _whole_numbers_as_int(v) for k, v in decoded.items()}
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    """A JSON-like dict as a Struct."""
+    result = struct_pb2.Struct()
+    result.update(value)
+    return result
+
+
+def parse_status(raw: str) -> TaskStatus | None:
+    """A status filter; empty means no filter.
+
+    Raises:
+        ValidationFailed: not one of the task statuses.
+    """
+    if not raw.strip():
+        return None
+    try:
+        return TaskStatus(raw.strip())
+    except ValueError as exc:
+        allowed = ", ".join(s.value for s in TaskStatus)
+        raise ValidationFailed(f"unknown status {raw!r}; allowed: {allowed}", field="status") from exc
+
+
+def _optional_text(value: str) -> str | None:
+    return value or None
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def create_task(request: pb.CreateTaskRequest) -> CreateTask:
+    """The create command carried by ``request``; unset fields take the domain's defaults.
+
+    Raises:
+        ValidationFailed: ``params`` holds NaN or infinity, or ``params_json`` is not a JSON object.
+    """
+    which = request.WhichOneof("params_input")
+    if which == "params":
+        try:
+            params = struct_to_dict(request.params)
+        except ValueError as exc:  # NaN or infinity: a Struct can hold them, JSON cannot
+            raise ValidationFailed(f"params is not valid JSON: {exc}", field="params") from exc
+    elif which == "params_json":
+        params = parse_params(request.params_json)
+    else:
+        params = {}
+    cmd = CreateTask(
+        task_type=request.task_type,
+        entity_type=request.entity_type,
+        requested_by=request.requested_by,
+        priority=request.priority,
+        params=params,
+        file_name=request.file_name if request.HasField("file_name") else None,
+        file_size=request.file_size if request.HasField("file_size") else None,
+        scheduled_at=from_timestamp(request.scheduled_at) if request.HasField("scheduled_at") else None,
+    )
+    if request.HasField("max_retries"):
+        cmd = replace(cmd, max_retries=request.max_retries)
+    return cmd
+
+
+def task_query(request: pb.ListTasksRequest) -> TaskQuery:
+    """The ListTasks filters; unset paging takes the domain's defaults.
+
+    Raises:
+        ValidationFailed: an unknown status.
+    """
+    query = TaskQuery(
+        task_type=_optional_text(request.task_type),
+        entity_type=_optional_text(request.entity_type),
+        status=parse_status(request.status),
+        requested_by=_optional_text(request.requested_by),
+        start_date=from_timestamp(request.start_date) if request.HasField("start_date") else None,
+        end_date=from_timestamp(request.end_date) if request.HasField("end_date") else None,
+        search=_optional_text(request.search),
+    )
+    if request.HasField("page"):
+        query = replace(query, page=request.page)
+    if request.HasField("page_size"):
+        query = replace(query, page_size=request.page_size)
+    return query
+
+
+def page_request(request: pb.GetTaskLogsRequest | pb.GetTaskEventsRequest) -> PageRequest:
+    """Paging of logs and events; unset values take the domain's defaults."""
+    page = PageRequest()
+    if request.HasField("page"):
+        page = replace(page, page=request.page)
+    if request.HasField("page_size"):
+        page = replace(page, page_size=request.page_size)
+    return page
+
+
+def progress_report(request: pb.UpdateTaskProgressRequest) -> ProgressReport:
+    """The progress report; unset counts mean "unchanged"."""
+    r = request
+    return ProgressReport(
+        processed_records=r.processed_records if r.HasField("processed_records") else None,
+        success_records=r.success_records if r.HasField("success_records") else None,
+        failed_records=r.failed_records if r.HasField("failed_records") else None,
+        total_records=r.total_records if r.HasField("total_records") else None,
+        error_message=request.error_message if request.HasField("error_message") else None,
+        is_completed=request.is_completed,
+        message=request.message if request.HasField("message") else None,
+    )
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+def task_to_proto(task: Task) -> pb.Task:
+    """A domain task as the API's Task message."""
+    return pb.Task(
+        id=str(task.id),
+        task_type=task.task_type,
+        entity_type=task.entity_type,
+        status=task.status.value,
+        priority=task.priority,
+        requested_by=task.requested_by,
+        params=dict_to_struct(task.params),
+        file_name=task.file_name,
+        file_size=task.file_size,
+        input_file_url=task.input_file_url,
+        output_file_url=task.output_file_url,
+        total_records=task.counts.total,
+        processed_records=task.counts.processed,
+        success_records=task.counts.success,
+        failed_records=task.counts.failed,
+        progress_percentage=task.progress_percentage,
+        scheduled_at=timestamp(task.scheduled_at),
+        started_at=timestamp(task.started_at),
+        completed_at=timestamp(task.completed_at),
+        error_message=task.error_message,
+        retry_count=task.retry_count,
+        max_retries=task.max_retries,
+        created_at=timestamp(task.created_at),
+        updated_at=timestamp(task.updated_at),
+    )
+
+
+def task_page(page: Page[Task]) -> pb.ListTasksResponse:
+    """A page of tasks with the total."""
+    return pb.ListTasksResponse(
+        tasks=[task_to_proto(t) for t in page.items],
+        total=page.total,
+        page=page.page,
+        page_size=page.page_size,
+    )
+
+
+def log_page(page: Page[TaskLog]) -> pb.GetTaskLogsResponse:
+    """A page of log lines with the total."""
+    return pb.GetTaskLogsResponse(
+        logs=[
+            pb.TaskLog(
+                task_id=str(log.task_id),
+                seq=log.seq,
+                level=log.level,
+                message=log.message,
+                created_at=timestamp(log.created_at),
+            )
+            for log in page.items
+        ],
+        total=page.total,
+        page=page.page,
+        page_size=page.page_size,
+    )
+
+
+def event_page(page: Page[TaskEvent]) -> pb.GetTaskEventsResponse:
+    """A page of events with the total."""
+    return pb.GetTaskEventsResponse(
+        events=[
+            pb.TaskEvent(
+                id=event.id,
+                task_id=str(event.task_id),
+                seq=event.seq,
+                event_type=event.event_type,
+                status=event.status.value,
+                payload=dict_to_struct(event.payload),
+                created_at=timestamp(event.created_at),
+                published_at=timestamp(event.published_at),
+            )
+            for event in page.items
+        ],
+        total=page.total,
+        page=page.page,
+        page_size=page.page_size,
+    )
+
+
+def download_url(url: DownloadUrl) -> pb.GetDownloadUrlResponse:
+    """Where the output can be downloaded."""
+    return pb.GetDownloadUrlResponse(
+        url=url.url, file_name=url.file_name, expires_at=timestamp(url.expires_at)
+    )
+
+
+def health(report: HealthReport) -> pb.HealthResponse:
+    """The service's health with one entry per backing service."""
+    return pb.HealthResponse(
+        status="healthy" if report.healthy else "unhealthy", components=report.components
+    )

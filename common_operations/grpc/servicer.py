@@ -1,0 +1,121 @@
+"""``api.operations.v1.OperationsService``: decode, call :class:`TaskService`, encode.
+
+Every rule lives in the service layer and the domain; errors are translated by
+:func:`~common_operations.grpc.errors.grpc_errors`.
+"""
+
+from __future__ import annotations
+
+from typing_extensions import override
+
+from common_operations.domain.principal import Principal
+from common_operations.domain.task import parse_task_id
+from common_operations.grpc import mapping
+from common_operations.grpc.errors import Context, grpc_errors
+from common_operations.grpc.v1 import operations_pb2 as pb
+from common_operations.grpc.v1 import operations_pb2_grpc as pb_grpc
+from common_operations.services.identity import principal_from_headers
+from common_operations.services.tasks import TaskService
+
+
+def caller(context: Context) -> Principal:
+    """The principal named by the call's metadata (gRPC keys are already lower-case)."""
+    metadata = context.invocation_metadata() or ()
+    # Binary (``-bin``) entries carry bytes and can never name a caller.
+    return principal_from_headers({key: value for key, value in metadata if isinstance(value, str)})
+
+
+class OperationsServicer(pb_grpc.OperationsServiceServicer):
+    """The gRPC face of :class:`TaskService`."""
+
+    def __init__(self, tasks: TaskService) -> None:
+        """Serve the use cases of ``tasks``."""
+        self._tasks = tasks
+
+    @override
+    @grpc_errors
+    async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.CreateTaskResponse:
+        """Record a task and start its workflow."""
+        task = await self._tasks.create_task(caller(context), mapping.create_task(request))
+        return pb.CreateTaskResponse(task=mapping.task_to_proto(task))
+
+    @override
+    @grpc_errors
+    async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
+        """One task by id."""
+        task = await self._tasks.get_task(caller(context), parse_task_id(request.task_id))
+        return pb.GetTaskResponse(task=mapping.task_to_proto(task))
+
+    @override
+    @grpc_errors
+    async def ListTasks(self, request: pb.ListTasksRequest, context: Context) -> pb.ListTasksResponse:
+        """Tasks matching the filters, newest first."""
+        page = await self._tasks.list_tasks(caller(context), mapping.task_query(request))
+        return mapping.task_page(page)
+
+    @override
+    @grpc_errors
+    async def CancelTask(self, request: pb.CancelTaskRequest, context: Context) -> pb.CancelTaskResponse:
+        """Cancel a scheduled, pending or processing task."""
+        task = await self._tasks.cancel_task(caller(context), parse_task_id(request.task_id))
+        return pb.CancelTaskResponse(task=mapping.task_to_proto(task))
+
+    @override
+    @grpc_errors
+    async def RetryTask(self, request: pb.RetryTaskRequest, context: Context) -> pb.RetryTaskResponse:
+        """Start a new run of a failed task."""
+        task = await self._tasks.retry_task(caller(context), parse_task_id(request.task_id))
+        return pb.RetryTaskResponse(task=mapping.task_to_proto(task))
+
+    @override
+    @grpc_errors
+    async def UpdateTaskProgress(
+        self, request: pb.UpdateTaskProgressRequest, context: Context
+    ) -> pb.UpdateTaskProgressResponse:
+        """Apply an external worker's progress report."""
+        task = await self._tasks.update_progress(
+            caller(context), parse_task_id(request.task_id), mapping.progress_report(request)
+        )
+        return pb.UpdateTaskProgressResponse(task=mapping.task_to_proto(task))
+
+    @override
+    @grpc_errors
+    async def GetDownloadUrl(
+        self, request: pb.GetDownloadUrlRequest, context: Context
+    ) -> pb.GetDownloadUrlResponse:
+        """Where the task's output file can be downloaded."""
+        url = await self._tasks.download_url(caller(context), parse_task_id(request.task_id))
+        return mapping.download_url(url)
+
+    @override
+    @grpc_errors
+    async def GetTaskLogs(self, request: pb.GetTaskLogsRequest, context: Context) -> pb.GetTaskLogsResponse:
+        """A page of the task's log lines, oldest first."""
+        page = await self._tasks.task_logs(
+            caller(context), parse_task_id(request.task_id), mapping.page_request(request)
+        )
+        return mapping.log_page(page)
+
+    @override
+    @grpc_errors
+    async def GetTaskEvents(
+        self, request: pb.GetTaskEventsRequest, context: Context
+    ) -> pb.GetTaskEventsResponse:
+        """A page of the task's events in sequence order."""
+        page = await self._tasks.task_events(
+            caller(context), parse_task_id(request.task_id), mapping.page_request(request)
+        )
+        return mapping.event_page(page)
+
+    @override
+    @grpc_errors
+    async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Context) -> pb.DeleteTaskResponse:
+        """Delete a completed, failed or cancelled task."""
+        await self._tasks.delete_task(caller(context), parse_task_id(request.task_id))
+        return pb.DeleteTaskResponse()
+
+    @override
+    @grpc_errors
+    async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
+        """Reachability of the backing services."""
+        return mapping.health(await self._tasks.health())

@@ -1,0 +1,77 @@
+"""Helpers for calling OperationsService in tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import struct_pb2
+
+from common_operations.grpc.v1 import operations_pb2 as pb
+
+if TYPE_CHECKING:
+    from common_operations.grpc.v1.operations_pb2_grpc import OperationsServiceAsyncStub
+
+T = TypeVar("T")
+
+ALICE = (("x-user-id", "alice"), ("x-user-roles", "operator"))
+WORKER = (("x-user-id", "catalog-worker"),)
+
+
+def owner(prefix: str = "grpc") -> str:
+    """A requested_by nobody else uses, so a test sees only its own tasks in shared tables."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    """A Struct holding ``value``."""
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+async def create(stub: OperationsServiceAsyncStub, task_type: str = "process", **fields: Any) -> pb.Task:
+    """Create a task (as alice unless ``requested_by`` is given) and return it."""
+    fields.setdefault("entity_type", "product")
+    response = await stub.CreateTask(pb.CreateTaskRequest(task_type=task_type, **fields), metadata=ALICE)
+    return response.task
+
+
+async def get(stub: OperationsServiceAsyncStub, task_id: str) -> pb.Task:
+    """The task as GetTask returns it."""
+    return (await stub.GetTask(pb.GetTaskRequest(task_id=task_id), metadata=ALICE)).task
+
+
+async def report(stub: OperationsServiceAsyncStub, task_id: str, **fields: Any) -> pb.Task:
+    """Send a progress report as the external worker."""
+    request = pb.UpdateTaskProgressRequest(task_id=task_id, **fields)
+    return (await stub.UpdateTaskProgress(request, metadata=WORKER)).task
+
+
+def error_code(err: grpc.aio.AioRpcError) -> str | None:
+    """The stable ``error-code`` trailing metadata of a failed call."""
+    value = dict(err.trailing_metadata() or ()).get("error-code")
+    return value if isinstance(value, str) else None
+
+
+async def expect_error(call: Awaitable[object], status: grpc.StatusCode, code: str) -> grpc.aio.AioRpcError:
+    """Await ``call``, asserting it fails with ``status`` and the stable ``code``."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    err = info.value
+    assert err.code() == status, f"{err.code()}: {err.details()}"
+    assert error_code(err) == code, err.details()
+    return err
+
+
+def reading(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """An awaitable probe for ``assert_eventually`` over plain in-process state."""
+
+    async def probe() -> T:
+        return read()
+
+    return probe

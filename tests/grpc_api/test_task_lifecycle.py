@@ -1,0 +1,279 @@
+"""Task lifecycles driven through gRPC against real Postgres and Temporal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+from temporalio.client import Client
+
+from common_operations.bootstrap import Runtime
+from common_operations.domain.status import TaskStatus
+from common_operations.domain.task import parse_task_id
+from common_operations.grpc.mapping import struct_to_dict
+from common_operations.grpc.v1 import operations_pb2 as pb
+from common_operations.services.tasks import snapshot_write
+from tests.delegates import delegate_worker
+from tests.grpc_api.support import ALICE, create, expect_error, get, reading, report, struct
+from tests.helpers import assert_eventually
+
+if TYPE_CHECKING:
+    from common_operations.grpc.v1.operations_pb2_grpc import OperationsServiceAsyncStub
+
+
+async def test_external_task_reports_progress_and_completes(stub: OperationsServiceAsyncStub) -> None:
+    task = await create(stub, params=struct({"catalog": "summer", "batch": 7}), file_name="products.csv")
+    assert task.status == "pending"
+    assert task.requested_by == "alice"
+    assert struct_to_dict(task.params) == {"catalog": "summer", "batch": 7}
+    assert task.max_retries == 3 and task.retry_count == 0
+    assert task.HasField("created_at") and not task.HasField("started_at")
+
+    task = await report(stub, task.id, total_records=10, processed_records=4, success_records=4)
+    assert task.status == "processing"
+    assert task.progress_percentage == 40.0
+    assert task.HasField("started_at")
+
+    await report(stub, task.id, processed_records=7, success_records=6, failed_records=1, message="7 of 10")
+    await report(stub, task.id, processed_records=10, success_records=9, is_completed=True)
+
+    task = await get(stub, task.id)
+    assert task.status == "completed"
+    counts = (task.total_records, task.processed_records, task.success_records, task.failed_records)
+    assert counts == (10, 10, 9, 1)
+    assert task.progress_percentage == 100.0
+    assert task.HasField("completed_at") and not task.HasField("error_message")
+
+    # Seed clients read proto3 JSON: the field names must be the seed's lowerCamelCase ones.
+    as_json = json_format.MessageToDict(task)
+    for name in ("taskType", "entityType", "requestedBy", "processedRecords", "progressPercentage"):
+        assert name in as_json
+    assert as_json["fileName"] == "products.csv"
+
+
+async def test_logs_and_events_are_in_order_and_paginated(stub: OperationsServiceAsyncStub) -> None:
+    task = await create(stub)
+    await report(stub, task.id, total_records=4, processed_records=1, success_records=1)
+    await report(stub, task.id, processed_records=2, success_records=2, message="halfway there")
+    await report(stub, task.id, processed_records=4, success_records=4, is_completed=True)
+
+    events = await stub.GetTaskEvents(pb.GetTaskEventsRequest(task_id=task.id), metadata=ALICE)
+    assert [e.event_type for e in events.events] == [
+        "task.created",
+        "task.started",
+        "task.progress",
+        "task.completed",
+    ]
+    assert [e.seq for e in events.events] == [0, 1, 2, 3]
+    assert [e.status for e in events.events] == ["pending", "processing", "processing", "completed"]
+    assert events.total == 4
+    assert struct_to_dict(events.events[2].payload)["processedRecords"] == 2
+    assert all(e.task_id == task.id and e.HasField("created_at") for e in events.events)
+
+    second = await stub.GetTaskEvents(
+        pb.GetTaskEventsRequest(task_id=task.id, page=2, page_size=3), metadata=ALICE
+    )
+    assert [e.seq for e in second.events] == [3]
+    assert (second.total, second.page, second.page_size) == (4, 2, 3)
+
+    logs = await stub.GetTaskLogs(pb.GetTaskLogsRequest(task_id=task.id), metadata=ALICE)
+    assert logs.total == 4
+    assert [line.seq for line in logs.logs] == [0, 1, 2, 3]
+    assert "created by alice" in logs.logs[0].message
+    assert logs.logs[2].message == "halfway there"
+    page = await stub.GetTaskLogs(pb.GetTaskLogsRequest(task_id=task.id, page=1, page_size=2), metadata=ALICE)
+    assert [line.seq for line in page.logs] == [0, 1] and page.total == 4
+
+
+async def test_failed_task_is_retried_until_the_limit(stub: OperationsServiceAsyncStub) -> None:
+    task = await create(stub, max_retries=1)
+    assert task.max_retries == 1
+    await report(stub, task.id, total_records=5, processed_records=1, success_records=1)
+
+    failure = {"processed_records": 3, "failed_records": 2, "error_message": "catalog rejected the batch"}
+    task = await report(stub, task.id, is_completed=True, **failure)
+    assert task.status == "failed"
+    assert task.error_message == "catalog rejected the batch"
+    assert task.HasField("completed_at")
+
+    retried = (await stub.RetryTask(pb.RetryTaskRequest(task_id=task.id), metadata=ALICE)).task
+    assert retried.status == "pending"
+    assert retried.retry_count == 1
+    assert not retried.HasField("error_message") and not retried.HasField("completed_at")
+
+    # The new run accepts reports like the first one did.
+    task = await report(stub, task.id, processed_records=3, success_records=3)
+    assert task.status == "processing"
+    task = await report(stub, task.id, is_completed=True, error_message="still broken")
+    assert task.status == "failed"
+
+    err = await expect_error(
+        stub.RetryTask(pb.RetryTaskRequest(task_id=task.id), metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "RETRY_LIMIT_EXCEEDED",
+    )
+    assert "1 of 1" in (err.details() or "")
+    events = await stub.GetTaskEvents(pb.GetTaskEventsRequest(task_id=task.id), metadata=ALICE)
+    assert [e.event_type for e in events.events].count("task.retried") == 1
+
+
+async def test_retry_is_refused_unless_the_task_failed(stub: OperationsServiceAsyncStub) -> None:
+    pending = await create(stub)
+    await expect_error(
+        stub.RetryTask(pb.RetryTaskRequest(task_id=pending.id), metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_TRANSITION",
+    )
+    done = await create(stub)
+    await report(stub, done.id, total_records=1, processed_records=1, success_records=1, is_completed=True)
+    err = await expect_error(
+        stub.RetryTask(pb.RetryTaskRequest(task_id=done.id), metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_TRANSITION",
+    )
+    assert "completed" in (err.details() or "")
+
+
+async def test_cancel_pending_task(stub: OperationsServiceAsyncStub) -> None:
+    task = await create(stub)
+    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+    assert cancelled.status == "cancelled"
+    assert cancelled.HasField("completed_at")
+
+    await expect_error(
+        stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_TRANSITION",
+    )
+    await expect_error(
+        report(stub, task.id, processed_records=1),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_TRANSITION",
+    )
+
+
+async def test_cancel_scheduled_task(stub: OperationsServiceAsyncStub) -> None:
+    when = timestamp_pb2.Timestamp()
+    when.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    task = await create(stub, scheduled_at=when)
+    assert task.status == "scheduled"
+    assert task.scheduled_at == when
+
+    # A scheduled task has not started: workers cannot report on it yet.
+    await expect_error(
+        report(stub, task.id, processed_records=1),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_TRANSITION",
+    )
+    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+    assert cancelled.status == "cancelled"
+    events = await stub.GetTaskEvents(pb.GetTaskEventsRequest(task_id=task.id), metadata=ALICE)
+    assert [e.event_type for e in events.events] == ["task.created", "task.cancelled"]
+
+
+async def test_cancel_processing_task(stub: OperationsServiceAsyncStub) -> None:
+    task = await create(stub)
+    task = await report(stub, task.id, total_records=100, processed_records=10, success_records=10)
+    assert task.status == "processing"
+
+    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+    assert cancelled.status == "cancelled"
+    assert cancelled.processed_records == 10  # the progress made before stays visible
+
+    await expect_error(
+        report(stub, task.id, processed_records=20),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_TRANSITION",
+    )
+
+
+async def test_delegated_task_completes(
+    stub: OperationsServiceAsyncStub, client: Client, delegate_queue: str
+) -> None:
+    async with delegate_worker(client, delegate_queue) as probe:
+        task = await create(stub, "delegated_echo", params_json='{"records": 5}')
+        assert struct_to_dict(task.params) == {"records": 5}
+
+        done = await assert_eventually(lambda: get(stub, task.id), lambda t: t.status == "completed")
+    assert probe.started == [task.id]
+    assert (done.total_records, done.processed_records, done.success_records) == (5, 5, 5)
+    assert done.progress_percentage == 100.0
+
+
+async def test_delegated_task_cancelled_while_processing_reaches_the_activity(
+    stub: OperationsServiceAsyncStub, client: Client, delegate_queue: str
+) -> None:
+    async with delegate_worker(client, delegate_queue) as probe:
+        task = await create(stub, "delegated_slow")
+        await assert_eventually(lambda: get(stub, task.id), lambda t: t.status == "processing")
+        await assert_eventually(reading(lambda: probe.heartbeats), lambda n: n > 0)
+
+        # A delegated task completes when its activity returns, never by a report.
+        await expect_error(
+            report(stub, task.id, processed_records=1, is_completed=True),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "VALIDATION_FAILED",
+        )
+
+        cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+        assert cancelled.status == "cancelled"
+        await assert_eventually(reading(lambda: list(probe.cancelled)), lambda ids: task.id in ids)
+
+
+async def test_delete_finished_tasks_but_not_active_ones(stub: OperationsServiceAsyncStub) -> None:
+    completed = await create(stub)
+    await report(
+        stub, completed.id, total_records=1, processed_records=1, success_records=1, is_completed=True
+    )
+    failed = await create(stub)
+    await report(stub, failed.id, is_completed=True, error_message="gave up")
+    cancelled = await create(stub)
+    await stub.CancelTask(pb.CancelTaskRequest(task_id=cancelled.id), metadata=ALICE)
+    pending = await create(stub)
+
+    for task in (completed, failed, cancelled):
+        await stub.DeleteTask(pb.DeleteTaskRequest(task_id=task.id), metadata=ALICE)
+        await expect_error(get(stub, task.id), grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND")
+        await expect_error(
+            stub.GetTaskEvents(pb.GetTaskEventsRequest(task_id=task.id), metadata=ALICE),
+            grpc.StatusCode.NOT_FOUND,
+            "TASK_NOT_FOUND",
+        )
+
+    err = await expect_error(
+        stub.DeleteTask(pb.DeleteTaskRequest(task_id=pending.id), metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_TRANSITION",
+    )
+    assert "cancel it first" in (err.details() or "")
+    assert (await get(stub, pending.id)).status == "pending"
+
+
+async def test_download_url(stub: OperationsServiceAsyncStub, runtime: Runtime) -> None:
+    task = await create(stub, file_name="export.csv")
+    err = await expect_error(
+        stub.GetDownloadUrl(pb.GetDownloadUrlRequest(task_id=task.id), metadata=ALICE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NOT_AVAILABLE",
+    )
+    assert "no output file" in (err.details() or "")
+
+    await report(stub, task.id, total_records=1, processed_records=1, success_records=1, is_completed=True)
+    # No handler behind this API writes output files yet; record one the way the mirror would.
+    current = await runtime.repository.get(parse_task_id(task.id))
+    assert current is not None
+    write = snapshot_write(
+        current,
+        status=TaskStatus.COMPLETED,
+        event="task.output",
+        message="output stored",
+        output_file_url="file:///exports/export.csv",
+    )
+    assert await runtime.repository.apply(write, expect_seq=current.seq)
+
+    url = await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(task_id=task.id), metadata=ALICE)
+    assert url.url == "file:///exports/export.csv"
+    assert url.file_name == "export.csv"
+    assert (await get(stub, task.id)).output_file_url == "file:///exports/export.csv"
