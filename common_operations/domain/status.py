@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from common_operations.domain.errors import InvalidTransition, RetryLimitExceeded
+from common_operations.domain.errors import InvalidTransition, RetryLimitExceeded, ValidationFailed
 
 
 class TaskStatus(StrEnum):
@@ -46,6 +46,21 @@ _ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),
 }
+
+
+def parse_status(raw: str | None) -> TaskStatus | None:
+    """A status filter as clients send it; empty means no filter.
+
+    Raises:
+        ValidationFailed: not one of the task statuses (the message lists them).
+    """
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return TaskStatus(raw.strip().lower())
+    except ValueError as exc:
+        allowed = ", ".join(s.value for s in TaskStatus)
+        raise ValidationFailed(f"unknown status {raw!r}; allowed: {allowed}", field="status") from exc
 
 
 def can_transition(current: TaskStatus, target: TaskStatus) -> bool:

@@ -113,7 +113,7 @@ class CreateTask:
     file_name: str | None = None
     file_size: int | None = None
     scheduled_at: datetime | None = None
-    max_retries: int = DEFAULT_MAX_RETRIES
+    max_retries: int | None = None  # None: the service's configured default
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +198,17 @@ def parse_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ValidationFailed(f"params is not valid JSON: {exc.msg}", field="params") from exc
     if not isinstance(value, dict):
         raise ValidationFailed("params must be a JSON object", field="params")
     return value
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which are not JSON and which Postgres' jsonb refuses.
+    raise ValidationFailed(f"params is not valid JSON: {name} is not a JSON number", field="params")
 
 
 def _require_text(value: str, name: str, *, allow_empty: bool = False) -> str:
@@ -226,7 +231,7 @@ def validate_create(cmd: CreateTask) -> CreateTask:
     """
     if cmd.file_size is not None and cmd.file_size < 0:
         raise ValidationFailed("fileSize must not be negative", field="fileSize")
-    if not 0 <= cmd.max_retries <= 100:
+    if cmd.max_retries is not None and not 0 <= cmd.max_retries <= 100:
         raise ValidationFailed("maxRetries must be between 0 and 100", field="maxRetries")
     if not -1000 <= cmd.priority <= 1000:
         raise ValidationFailed("priority must be between -1000 and 1000", field="priority")

@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from common_operations.domain.errors import ValidationFailed
-from common_operations.domain.status import TaskStatus
+from common_operations.domain.status import parse_status
 from common_operations.domain.task import (
     CreateTask,
     Page,
@@ -69,21 +69,6 @@ def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     result = struct_pb2.Struct()
     result.update(value)
     return result
-
-
-def parse_status(raw: str) -> TaskStatus | None:
-    """A status filter; empty means no filter.
-
-    Raises:
-        ValidationFailed: not one of the task statuses.
-    """
-    if not raw.strip():
-        return None
-    try:
-        return TaskStatus(raw.strip())
-    except ValueError as exc:
-        allowed = ", ".join(s.value for s in TaskStatus)
-        raise ValidationFailed(f"unknown status {raw!r}; allowed: {allowed}", field="status") from exc
 
 
 def _optional_text(value: str) -> str | None:

@@ -151,7 +151,10 @@ class TaskService:
         once; if the workflow cannot be started the task is marked failed and the error raised, and
         if this process dies in between, the reconciler starts the workflow.
         """
-        cmd = validate_create(replace(cmd, requested_by=cmd.requested_by or principal.subject))
+        max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
+        cmd = validate_create(
+            replace(cmd, requested_by=cmd.requested_by or principal.subject, max_retries=max_retries)
+        )
         self.settings.handler_for(cmd.task_type)
         created = now()
         scheduled = cmd.scheduled_at is not None and cmd.scheduled_at > created
@@ -166,7 +169,7 @@ class TaskService:
             file_name=cmd.file_name,
             file_size=cmd.file_size,
             scheduled_at=cmd.scheduled_at,
-            max_retries=cmd.max_retries,
+            max_retries=max_retries,
             created_at=created,
             updated_at=created,
         )
