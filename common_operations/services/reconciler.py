@@ -23,6 +23,7 @@ from common_operations.config import OperationsSettings
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.errors import DomainError
 from common_operations.domain.status import TaskStatus
+from common_operations.domain.task import Task
 from common_operations.domain.workflow_types import WORKFLOW_TYPE, workflow_id_for
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.services.tasks import now, snapshot_write, workflow_input
@@ -62,6 +63,25 @@ async def _termination_reason(client: Client, workflow_id: str, run_id: str) -> 
     return None
 
 
+def _run_of(task: Task, executions: list[WorkflowExecution]) -> WorkflowExecution | None:
+    """The closed run that the task's mirror state belongs to, if it is among ``executions``.
+
+    A task whose run is not recorded yet (just created or retried) is matched only by a run that
+    closed after the task was last written, never by an earlier attempt's run.
+    """
+    for execution in executions:
+        if task.run_id is not None and execution.run_id == task.run_id:
+            return execution
+        if (
+            task.run_id is None
+            and execution.close_time is not None
+            and task.updated_at is not None
+            and execution.close_time > task.updated_at
+        ):
+            return execution
+    return None
+
+
 class Reconciler:
     """One pass at a time via :meth:`run_once`; :meth:`run_forever` loops it."""
 
@@ -72,7 +92,9 @@ class Reconciler:
         self.repository = repository
         self.workflows = workflows
         self.settings = settings
-        self.lookback = timedelta(hours=24)
+        # The first pass looks back a day (runs closed while no worker ran); later passes only
+        # since the previous one, with a margin for visibility lag.
+        self._since = now() - timedelta(hours=24)
 
     async def run_forever(self) -> None:
         """Reconcile every ``operations.reconcile_interval`` seconds until cancelled."""
@@ -91,14 +113,21 @@ class Reconciler:
         return report
 
     async def _closed_runs(self, report: ReconcileReport) -> None:
-        since = (now() - self.lookback).strftime("%Y-%m-%dT%H:%M:%SZ")
+        started = now()
+        since = self._since.strftime("%Y-%m-%dT%H:%M:%SZ")
         client = self.workflows.client
-        runs: dict[str, WorkflowExecution] = {}
+        runs: dict[str, list[WorkflowExecution]] = {}
         async for execution in client.list_workflows(_CLOSED_QUERY.format(since=since), limit=500):
-            task_id = execution.id.removeprefix("task-")
-            runs.setdefault(task_id, execution)
-        if not runs:
-            return
+            runs.setdefault(execution.id.removeprefix("task-"), []).append(execution)
+        if runs:
+            await self._fail_closed_runs(runs, report)
+        # Advanced only after a complete pass, so a failed pass is repeated in full.
+        self._since = started - timedelta(seconds=max(60.0, 4 * self.settings.reconcile_interval))
+
+    async def _fail_closed_runs(
+        self, runs: dict[str, list[WorkflowExecution]], report: ReconcileReport
+    ) -> None:
+        client = self.workflows.client
         ids = []
         for key in runs:
             try:
@@ -106,8 +135,8 @@ class Reconciler:
             except ValueError:
                 continue
         for task in await self.repository.get_many(ids):
-            execution = runs[str(task.id)]
-            if not task.status.is_active or task.run_id not in (None, execution.run_id):
+            execution = _run_of(task, runs[str(task.id)])
+            if execution is None or not task.status.is_active:
                 continue
             status = execution.status or WorkflowExecutionStatus.TERMINATED
             reason = _REASONS.get(status, f"workflow closed as {status.name}")

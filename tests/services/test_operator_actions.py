@@ -18,6 +18,7 @@ from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import CreateTask, PageRequest, ProgressReport, Task
 from common_operations.domain.workflow_types import workflow_id_for
 from common_operations.infra.binaries import wheel_binary
+from common_operations.services.tasks import snapshot_write
 from tests.helpers import assert_eventually
 
 OPERATOR = Principal("operator-test")
@@ -109,6 +110,20 @@ async def test_cli_terminate_is_reconciled_as_failed(
     assert "stuck import, killed by on-call" in failed.error_message
     events = (await svc.task_events(OPERATOR, task.id, PageRequest())).items
     assert [e.event_type for e in events][-1] == "task.failed"
+
+    # A retry that has written its intent but not yet started its run must not be taken for the
+    # terminated attempt (whose run is still in the reconciler's window).
+    intent = snapshot_write(failed, status=TaskStatus.PENDING, event="task.retried", message="retry")
+    assert await runtime.repository.apply(intent, expect_seq=failed.seq, retry_count=1, clear_run_id=True)
+    report = await runtime.reconciler().run_once()
+    assert report.failed == 0
+    assert (await _get(runtime, task.id)).status is TaskStatus.PENDING
+    # Put it back as it was, then retry through the service.
+    back = snapshot_write(
+        await _get(runtime, task.id), status=TaskStatus.FAILED, event="task.failed", message="x"
+    )
+    assert await runtime.repository.apply(back, expect_seq=failed.seq + 1, retry_count=0)
+    failed = await _get(runtime, task.id)
 
     # A reconciled failure can be retried like any other: a new run of the same workflow id.
     retried = await svc.retry_task(OPERATOR, task.id)
