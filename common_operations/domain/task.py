@@ -19,6 +19,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_SEARCH_LENGTH = 200
 MAX_TEXT_LENGTH = 1024
 MAX_ERROR_LENGTH = 4000
+MAX_COUNT = 2**63 - 1  # BIGINT columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,19 @@ def _reject_constant(name: str) -> Any:
     raise ValidationFailed(f"params is not valid JSON: {name} is not a JSON number", field="params")
 
 
+def _reject_nul(value: str, name: str) -> None:
+    # Postgres text and jsonb cannot hold NUL; refuse it here rather than fail in the mirror.
+    if "\x00" in value:
+        raise ValidationFailed(f"{name} must not contain NUL characters", field=name)
+
+
+def _check_count(value: int | None, name: str) -> None:
+    if value is not None and not 0 <= value <= MAX_COUNT:
+        raise ValidationFailed(f"{name} must be between 0 and {MAX_COUNT}", field=name)
+
+
 def _require_text(value: str, name: str, *, allow_empty: bool = False) -> str:
+    _reject_nul(value, name)
     value = value.strip()
     if not value and not allow_empty:
         raise ValidationFailed(f"{name} is required", field=name)
@@ -229,8 +242,9 @@ def validate_create(cmd: CreateTask) -> CreateTask:
     Raises:
         ValidationFailed: a field is missing or out of range.
     """
-    if cmd.file_size is not None and cmd.file_size < 0:
-        raise ValidationFailed("fileSize must not be negative", field="fileSize")
+    _check_count(cmd.file_size, "fileSize")
+    if "\\u0000" in json.dumps(cmd.params):
+        raise ValidationFailed("params must not contain NUL characters", field="params")
     if cmd.max_retries is not None and not 0 <= cmd.max_retries <= 100:
         raise ValidationFailed("maxRetries must be between 0 and 100", field="maxRetries")
     if not -1000 <= cmd.priority <= 1000:
@@ -264,10 +278,13 @@ def validate_report_shape(report: ProgressReport) -> None:
     ):
         if value is not None and value < 0:
             raise ValidationFailed(f"{name} must not be negative", field=name)
-    if report.error_message is not None and len(report.error_message) > MAX_ERROR_LENGTH:
-        raise ValidationFailed(
-            f"errorMessage is longer than {MAX_ERROR_LENGTH} characters", field="errorMessage"
-        )
+        _check_count(value, name)
+    for name, text in (("errorMessage", report.error_message), ("message", report.message)):
+        if text is None:
+            continue
+        if len(text) > MAX_ERROR_LENGTH:
+            raise ValidationFailed(f"{name} is longer than {MAX_ERROR_LENGTH} characters", field=name)
+        _reject_nul(text, name)
 
 
 def apply_report(counts: RecordCounts, report: ProgressReport) -> RecordCounts:
@@ -310,13 +327,22 @@ def validate_query(query: TaskQuery) -> TaskQuery:
         # The seed API caps rather than rejects large pages; existing clients rely on it.
         query = replace(query, page_size=MAX_PAGE_SIZE)
     validate_paging(query.page, query.page_size, MAX_PAGE_SIZE)
-    if query.start_date and query.end_date and query.start_date > query.end_date:
-        raise ValidationFailed("startDate is after endDate", field="startDate")
     for name, value in (("startDate", query.start_date), ("endDate", query.end_date)):
         if value is not None and value.tzinfo is None:
             raise ValidationFailed(f"{name} must carry a time zone (RFC 3339)", field=name)
-    if query.search is not None and len(query.search) > MAX_SEARCH_LENGTH:
-        raise ValidationFailed(f"search is longer than {MAX_SEARCH_LENGTH} characters", field="search")
+    if query.start_date and query.end_date and query.start_date > query.end_date:
+        raise ValidationFailed("startDate is after endDate", field="startDate")
+    if query.search is not None:
+        if len(query.search) > MAX_SEARCH_LENGTH:
+            raise ValidationFailed(f"search is longer than {MAX_SEARCH_LENGTH} characters", field="search")
+        _reject_nul(query.search, "search")
+    for name, text in (
+        ("taskType", query.task_type),
+        ("entityType", query.entity_type),
+        ("requestedBy", query.requested_by),
+    ):
+        if text is not None:
+            _reject_nul(text, name)
     return query
 
 

@@ -132,3 +132,32 @@ def test_like_escaping_and_ids() -> None:
     assert (
         str(parse_task_id(" 3f1c0b9e-6f5e-4a47-9d59-1f2f0c0b7c11 ")) == "3f1c0b9e-6f5e-4a47-9d59-1f2f0c0b7c11"
     )
+
+
+def test_values_postgres_cannot_store_are_refused_up_front() -> None:
+    from common_operations.domain.task import CreateTask, validate_create, validate_report_shape
+
+    ok = CreateTask(task_type="process", entity_type="product", requested_by="svc")
+    validate_create(ok)
+    from dataclasses import replace
+
+    for bad in (
+        replace(ok, file_size=2**63),
+        replace(ok, file_name="a\x00b"),
+        replace(ok, params={"k": "v\x00"}),
+        replace(ok, task_type="pro\x00cess"),
+    ):
+        with pytest.raises(ValidationFailed):
+            validate_create(bad)
+    for report in (
+        ProgressReport(total_records=10**20),
+        ProgressReport(message="half\x00way"),
+        ProgressReport(error_message="x" * 5000),
+    ):
+        with pytest.raises(ValidationFailed):
+            validate_report_shape(report)
+
+
+def test_mixed_time_zones_are_a_validation_error() -> None:
+    with pytest.raises(ValidationFailed, match="time zone"):
+        validate_query(TaskQuery(start_date=datetime(2026, 1, 1), end_date=datetime.now(UTC)))

@@ -1,0 +1,1 @@
+"""REST front-end (Litestar): app factory, controllers, schemas, problem details, metrics."""

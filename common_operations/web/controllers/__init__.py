@@ -1,0 +1,1 @@
+"""Litestar controllers; each one decodes, calls the service layer and encodes."""

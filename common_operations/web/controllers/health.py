@@ -1,0 +1,61 @@
+"""Operational health endpoints (``/health``, ``/health/ready``, ``/health/live``, ``/health/detailed``).
+
+``/health`` and ``/health/ready`` show only the overall status: component messages can name hosts
+and errors, which belong behind ``/health/detailed`` (scraped by operators, not load balancers).
+"""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+from litestar.openapi import ResponseSpec
+
+from common_operations.services.tasks import TaskService
+from common_operations.web import mapping
+from common_operations.web.dependencies import Tasks
+from common_operations.web.schemas import HealthResponse, LiveResponse
+
+_UNHEALTHY = {503: ResponseSpec(LiveResponse, description="A backing service is down")}
+_UNHEALTHY_DETAILED = {503: ResponseSpec(HealthResponse, description="A backing service is down")}
+
+
+class HealthController(Controller):
+    """Probes for orchestrators and operators."""
+
+    path = "/health"
+    tags = ["Health"]  # noqa: RUF012 - Litestar reads this class attribute as is
+
+    @get("/", operation_id="HealthCheck", summary="Overall health", responses=_UNHEALTHY)
+    async def health(self, tasks: Tasks) -> Response[LiveResponse]:
+        """200 when Postgres and Temporal answer, else 503."""
+        return await _overall(tasks)
+
+    @get("/ready", operation_id="Readiness", summary="Ready to serve traffic", responses=_UNHEALTHY)
+    async def ready(self, tasks: Tasks) -> Response[LiveResponse]:
+        """200 when Postgres and Temporal answer, else 503 (take the instance out of rotation)."""
+        return await _overall(tasks)
+
+    @get("/live", operation_id="Liveness", summary="The process is running", sync_to_thread=False)
+    def live(self) -> LiveResponse:
+        """Always 200: liveness must not depend on backing services, or outages restart every pod."""
+        return LiveResponse(status="alive")
+
+    @get(
+        "/detailed",
+        operation_id="HealthDetailed",
+        summary="Health of each backing service",
+        responses=_UNHEALTHY_DETAILED,
+    )
+    async def detailed(self, tasks: Tasks) -> Response[HealthResponse]:
+        """Every component's state; 200 while the required ones are up.
+
+        The status reads ``degraded`` when an optional service (Redis) is down.
+        """
+        report = await tasks.health()
+        body = mapping.health_response(report, show_degraded=True)
+        return Response(body, status_code=200 if report.healthy else 503)
+
+
+async def _overall(tasks: TaskService) -> Response[LiveResponse]:
+    report = await tasks.health()
+    body = mapping.health_response(report)
+    return Response(LiveResponse(status=body.status), status_code=200 if report.healthy else 503)

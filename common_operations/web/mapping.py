@@ -1,0 +1,165 @@
+"""The one place where REST schemas and domain objects are converted into each other."""
+
+from __future__ import annotations
+
+from common_operations.domain.task import (
+    CreateTask,
+    Page,
+    ProgressReport,
+    Task,
+    TaskEvent,
+    TaskLog,
+    parse_params,
+)
+from common_operations.services.tasks import DownloadUrl, HealthReport
+from common_operations.web.schemas import (
+    CreateTaskRequest,
+    DownloadUrlResponse,
+    HealthResponse,
+    TaskEventOut,
+    TaskEventsResponse,
+    TaskListResponse,
+    TaskLogOut,
+    TaskLogsResponse,
+    TaskOut,
+    TaskResponse,
+    UpdateProgressRequest,
+)
+
+
+def create_command(body: CreateTaskRequest) -> CreateTask:
+    """The domain command of a create request.
+
+    Raises:
+        ValidationFailed: ``params`` is a string that is not a JSON object.
+    """
+    return CreateTask(
+        task_type=body.task_type,
+        entity_type=body.entity_type,
+        # Empty lets the service default it to the caller.
+        requested_by=body.requested_by or "",
+        priority=body.priority,
+        params=parse_params(body.params),
+        file_name=body.file_name,
+        file_size=body.file_size,
+        scheduled_at=body.scheduled_at,
+        max_retries=body.max_retries,  # None: the service's configured default
+    )
+
+
+def progress_report(body: UpdateProgressRequest) -> ProgressReport:
+    """The domain report of a progress request."""
+    return ProgressReport(
+        processed_records=body.processed_records,
+        success_records=body.success_records,
+        failed_records=body.failed_records,
+        total_records=body.total_records,
+        error_message=body.error_message,
+        is_completed=body.is_completed,
+        message=body.message,
+    )
+
+
+def task_out(task: Task) -> TaskOut:
+    """A task as the API shows it."""
+    return TaskOut(
+        id=task.id,
+        task_type=task.task_type,
+        entity_type=task.entity_type,
+        status=task.status,
+        priority=task.priority,
+        requested_by=task.requested_by,
+        params=task.params,
+        file_name=task.file_name,
+        file_size=task.file_size,
+        input_file_url=task.input_file_url,
+        output_file_url=task.output_file_url,
+        total_records=task.counts.total,
+        processed_records=task.counts.processed,
+        success_records=task.counts.success,
+        failed_records=task.counts.failed,
+        progress_percentage=task.progress_percentage,
+        scheduled_at=task.scheduled_at,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        error_message=task.error_message,
+        retry_count=task.retry_count,
+        max_retries=task.max_retries,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+    )
+
+
+def task_response(task: Task) -> TaskResponse:
+    """``{"task": {...}}``."""
+    return TaskResponse(task=task_out(task))
+
+
+def task_list(page: Page[Task]) -> TaskListResponse:
+    """A page of tasks."""
+    return TaskListResponse(
+        tasks=[task_out(t) for t in page.items], total=page.total, page=page.page, page_size=page.page_size
+    )
+
+
+def log_list(page: Page[TaskLog]) -> TaskLogsResponse:
+    """A page of log lines."""
+    return TaskLogsResponse(
+        logs=[
+            TaskLogOut(
+                task_id=log.task_id,
+                seq=log.seq,
+                level=log.level,
+                message=log.message,
+                created_at=log.created_at,
+            )
+            for log in page.items
+        ],
+        total=page.total,
+        page=page.page,
+        page_size=page.page_size,
+    )
+
+
+def event_list(page: Page[TaskEvent]) -> TaskEventsResponse:
+    """A page of events."""
+    return TaskEventsResponse(
+        events=[
+            TaskEventOut(
+                id=event.id,
+                task_id=event.task_id,
+                seq=event.seq,
+                event_type=event.event_type,
+                status=event.status,
+                payload=event.payload,
+                created_at=event.created_at,
+                published_at=event.published_at,
+            )
+            for event in page.items
+        ],
+        total=page.total,
+        page=page.page,
+        page_size=page.page_size,
+    )
+
+
+def download_response(download: DownloadUrl) -> DownloadUrlResponse:
+    """Where the output can be fetched."""
+    return DownloadUrlResponse(url=download.url, file_name=download.file_name, expires_at=download.expires_at)
+
+
+def health_response(report: HealthReport, *, show_degraded: bool = False) -> HealthResponse:
+    """``healthy``/``unhealthy`` (as gRPC's Health) and each component's state.
+
+    Args:
+        report: the service layer's health report.
+        show_degraded: say ``degraded`` when the required services are up but an optional one
+            (Redis) is down; the seed-compatible endpoints keep the two-valued status.
+    """
+    if not report.healthy:
+        status = "unhealthy"
+    elif show_degraded and report.degraded:
+        status = "degraded"
+    else:
+        status = "healthy"
+    return HealthResponse(status=status, components=report.components)

@@ -1,0 +1,190 @@
+"""Request and response bodies of the REST API (lowerCamelCase JSON, seed field names of DESIGN.md §4).
+
+These are transport types only: they decode JSON into Python types and nothing more. Ranges and
+cross-field rules are checked by the domain and service layer, so REST and gRPC agree on them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from common_operations.domain.status import TaskStatus
+
+# The wire integer widths of the gRPC API (and of the Postgres columns): a JSON number outside them
+# is not a value of the field's type, so it is refused while decoding, as protobuf would.
+Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class Schema(msgspec.Struct, rename="camel", kw_only=True):
+    """Base of every body: snake_case attributes, lowerCamelCase JSON."""
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+class CreateTaskRequest(Schema):
+    """Body of ``POST /api/v1/operations/tasks``.
+
+    ``params`` is accepted as a JSON object or as a string holding one (seed clients send strings).
+    Omitted ``requestedBy`` defaults to the caller; omitted ``maxRetries`` to the service default.
+    """
+
+    task_type: str
+    entity_type: str = ""
+    requested_by: str | None = None
+    priority: Int32 = 0
+    params: dict[str, Any] | str | None = None
+    file_name: str | None = None
+    file_size: Int64 | None = None
+    scheduled_at: datetime | None = None
+    max_retries: Int32 | None = None
+
+
+class UpdateProgressRequest(Schema):
+    """Body of ``PATCH /api/v1/operations/tasks/{taskId}/progress``; an omitted count is unchanged."""
+
+    processed_records: Int64 | None = None
+    success_records: Int64 | None = None
+    failed_records: Int64 | None = None
+    total_records: Int64 | None = None
+    error_message: str | None = None
+    is_completed: bool = False
+    message: str | None = None
+
+
+# --- responses ------------------------------------------------------------------------------------
+
+
+class TaskOut(Schema):
+    """A task as clients see it."""
+
+    id: uuid.UUID
+    task_type: str
+    entity_type: str
+    status: TaskStatus
+    priority: int
+    requested_by: str
+    params: dict[str, Any]
+    file_name: str | None
+    file_size: int | None
+    input_file_url: str | None
+    output_file_url: str | None
+    total_records: int
+    processed_records: int
+    success_records: int
+    failed_records: int
+    progress_percentage: float
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    error_message: str | None
+    retry_count: int
+    max_retries: int
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class TaskResponse(Schema):
+    """One task, wrapped as the seed API does (``{"task": {...}}``)."""
+
+    task: TaskOut
+
+
+class TaskListResponse(Schema):
+    """One page of tasks, newest first, and the total matching the filters."""
+
+    tasks: list[TaskOut]
+    total: int
+    page: int
+    page_size: int
+
+
+class TaskLogOut(Schema):
+    """One log line of a task."""
+
+    task_id: uuid.UUID
+    seq: int
+    level: str
+    message: str
+    created_at: datetime
+
+
+class TaskLogsResponse(Schema):
+    """One page of a task's log lines, oldest first."""
+
+    logs: list[TaskLogOut]
+    total: int
+    page: int
+    page_size: int
+
+
+class TaskEventOut(Schema):
+    """One event of a task's history."""
+
+    id: int
+    task_id: uuid.UUID
+    seq: int
+    event_type: str
+    status: TaskStatus
+    payload: dict[str, Any]
+    created_at: datetime
+    published_at: datetime | None
+
+
+class TaskEventsResponse(Schema):
+    """One page of a task's events in sequence order."""
+
+    events: list[TaskEventOut]
+    total: int
+    page: int
+    page_size: int
+
+
+class DownloadUrlResponse(Schema):
+    """Where a task's output file can be fetched."""
+
+    url: str
+    file_name: str | None
+    expires_at: datetime | None
+
+
+class HealthResponse(Schema):
+    """Overall status (``healthy``/``unhealthy``) and the status of each backing service."""
+
+    status: str
+    components: dict[str, str]
+
+
+class LiveResponse(Schema):
+    """Liveness: the process answers."""
+
+    status: str
+
+
+class FieldError(Schema):
+    """One offending input of a 400 problem."""
+
+    field: str | None
+    message: str
+
+
+class ProblemDetails(Schema, omit_defaults=True):
+    """RFC 9457 problem details, extended with a stable machine-readable ``code``.
+
+    ``errors`` lists the offending fields of a 400; ``details`` carries the domain error's context
+    (for example the allowed task types, or the current status of a refused transition).
+    """
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+    details: dict[str, Any] | None = None

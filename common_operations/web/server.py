@@ -1,0 +1,53 @@
+"""Serving the REST API with uvicorn inside an already running event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
+
+from common_operations.bootstrap import Runtime
+from common_operations.web.app import create_app
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its signal handling: the process supervisor owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave the process's signal handlers alone."""
+        yield
+
+
+async def serve_http(runtime: Runtime, host: str, port: int) -> None:
+    """Serve the REST API until this coroutine's task is cancelled.
+
+    Uvicorn runs programmatically (no signal handlers of its own: the process supervisor owns them).
+    On cancellation the server is asked to exit and awaited, so open requests finish and the socket
+    is closed before the cancellation propagates.
+
+    Args:
+        runtime: connected services; not closed here.
+        host: interface to listen on.
+        port: TCP port.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    config = uvicorn.Config(
+        create_app(runtime), host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+    )
+    server = _Server(config)
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):
+            await serving
+        raise
+    except SystemExit as exc:
+        # Uvicorn exits the interpreter when it cannot bind; a supervisor wants an exception.
+        raise OSError(f"the REST API could not listen on {host}:{port}") from exc
