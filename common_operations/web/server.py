@@ -37,7 +37,7 @@ async def serve_http(runtime: Runtime, host: str, port: int) -> None:
         OSError: the address cannot be bound.
     """
     config = uvicorn.Config(
-        create_app(runtime), host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+        create_app(runtime), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
     )
     server = _Server(config)
     serving = asyncio.ensure_future(server.serve())
