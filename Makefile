@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set, the workflow sandbox would otherwise
+	@# recompile the workflow module for every workflow run (bench/README.md).
+	$(BIN)/python -m compileall -q common_operations
 	@touch $@
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import typer
+import uvloop
 
 from common_operations.config import Settings, get_settings
 
@@ -64,7 +65,10 @@ def _main(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
     code = 0
     try:
-        asyncio.run(supervised())
+        # uvloop (from uvicorn[standard]) roughly halves the event loop's own cost, which is a large
+        # share of the API's and the worker's CPU (bench/README.md).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(supervised())
     except Exception:
         log.exception("stopped by an error")
         code = 1

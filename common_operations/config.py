@@ -120,7 +120,7 @@ class DatabaseSettings(BaseModel):
 
     url: str | None = None
     pool_min: int = Field(2, ge=1)
-    pool_max: int = Field(10, ge=1)
+    pool_max: int = Field(20, ge=1)
 
 
 class Settings(BaseSettings):

@@ -22,10 +22,20 @@ async def connect(url: str, *, pool_min: int = 2, pool_max: int = 10) -> Postgre
         pool_max: most connections at once.
     """
     engine = PostgresEngine(config={"dsn": url})
-    await engine.start_connection_pool(min_size=min(pool_min, pool_max), max_size=pool_max)
+    await engine.start_connection_pool(
+        min_size=min(pool_min, pool_max), max_size=pool_max, reset=_no_session_reset
+    )
     for table in ALL_TABLES:
         table._meta.db = engine
     return engine
+
+
+async def _no_session_reset(connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's per-release reset query (a second round trip per call).
+
+    The service never changes session state (no SET, LISTEN, advisory locks or cursors); asyncpg
+    still rolls back any open transaction before this hook runs.
+    """
 
 
 def with_database(url: str, database: str) -> str:

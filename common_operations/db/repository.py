@@ -79,6 +79,8 @@ WITH u AS (
 SELECT count(*) FROM u
 """
 
+EXACT_TOTAL_LIMIT = 10_000
+
 _SEARCH_EXPR = "(id::text || ' ' || coalesce(file_name, '') || ' ' || coalesce(error_message, ''))"
 
 
@@ -261,12 +263,28 @@ class TaskRepository:
             f"SELECT {TASK_COLUMNS} FROM tasks {where} "
             f"ORDER BY created_at DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}"
         )
-        # Page and count run on two connections at once: the count dominates on large tables.
+        # Page and count run on two connections at once.
         rows, total = await asyncio.gather(
             self._pool.fetch(page_sql, *args, query.page_size, query.offset),
-            self._pool.fetchval(f"SELECT count(*) FROM tasks {where}", *args),
+            self._count(where, args),
         )
-        return Page([_task_from_row(r) for r in rows], int(total), query.page, query.page_size)
+        return Page([_task_from_row(r) for r in rows], total, query.page, query.page_size)
+
+    async def _count(self, where: str, args: list[Any]) -> int:
+        """Exact up to :data:`EXACT_TOTAL_LIMIT` matches, the planner's estimate beyond.
+
+        An exact count of a broad filter over a million rows costs 150-250 ms on every page; no
+        one pages through ten thousand tasks by the total, so beyond that the estimate serves.
+        """
+        exact = await self._pool.fetchval(
+            f"SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT {EXACT_TOTAL_LIMIT + 1}) AS m",
+            *args,
+        )
+        if exact <= EXACT_TOTAL_LIMIT:
+            return int(exact)
+        plan = await self._pool.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks {where}", *args)
+        estimate = int(json.loads(plan)[0]["Plan"]["Plan Rows"])
+        return max(estimate, int(exact))
 
     async def delete_closed(self, task_id: uuid.UUID) -> bool:
         """Delete a task (and, by cascade, its logs and events) unless a run works on it.

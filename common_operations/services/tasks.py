@@ -149,7 +149,8 @@ class TaskService:
 
         ``requestedBy`` defaults to the caller. The row is written first so the task is readable at
         once; if the workflow cannot be started the task is marked failed and the error raised, and
-        if this process dies in between, the reconciler starts the workflow.
+        if this process dies in between, the reconciler starts the workflow. The returned task is
+        the row as written, with the id of the run just started.
         """
         max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
         cmd = validate_create(
@@ -175,10 +176,11 @@ class TaskService:
         )
         when = f" scheduled for {cmd.scheduled_at.isoformat()}" if scheduled and cmd.scheduled_at else ""
         await self.repository.insert_task(task, f"task created by {principal.subject}{when}")
-        await self._start_run(task, seq=0)
-        return await self._get(task.id)
+        # The row is not read back: it is the one just written, and its run id reaches the row
+        # with the run's first mirror write (or the reconciler's adoption of a quiet run).
+        return replace(task, run_id=await self._start_run(task, seq=0))
 
-    async def _start_run(self, task: Task, *, seq: int) -> None:
+    async def _start_run(self, task: Task, *, seq: int) -> str:
         try:
             run_id = await self.workflows.start(workflow_input(task, self.settings, seq))
         except ServiceUnavailable as err:
@@ -196,7 +198,7 @@ class TaskService:
                 expect_seq=current.seq,
             )
             raise
-        await self.repository.set_run_id(task.id, run_id)
+        return run_id
 
     async def get_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
         """One task.
@@ -260,8 +262,7 @@ class TaskService:
         ):
             raise InvalidTransition("the task changed while the retry was requested; read it again")
         retried = await self._get(task_id)
-        await self._start_run(retried, seq=retried.seq)
-        return await self._get(task_id)
+        return replace(retried, run_id=await self._start_run(retried, seq=retried.seq))
 
     async def update_progress(self, principal: Principal, task_id: uuid.UUID, report: ProgressReport) -> Task:
         """Apply an external worker's progress report through the task's workflow.

@@ -11,7 +11,7 @@ from litestar.openapi import ResponseSpec
 
 from common_operations.services.tasks import TaskService
 from common_operations.web import mapping
-from common_operations.web.dependencies import Tasks
+from common_operations.web.dependencies import Call
 from common_operations.web.schemas import HealthResponse, LiveResponse
 
 _UNHEALTHY = {503: ResponseSpec(LiveResponse, description="A backing service is down")}
@@ -25,14 +25,14 @@ class HealthController(Controller):
     tags = ["Health"]  # noqa: RUF012 - Litestar reads this class attribute as is
 
     @get("/", operation_id="HealthCheck", summary="Overall health", responses=_UNHEALTHY)
-    async def health(self, tasks: Tasks) -> Response[LiveResponse]:
+    async def health(self, call: Call) -> Response[LiveResponse]:
         """200 when Postgres and Temporal answer, else 503."""
-        return await _overall(tasks)
+        return await _overall(call.tasks)
 
     @get("/ready", operation_id="Readiness", summary="Ready to serve traffic", responses=_UNHEALTHY)
-    async def ready(self, tasks: Tasks) -> Response[LiveResponse]:
+    async def ready(self, call: Call) -> Response[LiveResponse]:
         """200 when Postgres and Temporal answer, else 503 (take the instance out of rotation)."""
-        return await _overall(tasks)
+        return await _overall(call.tasks)
 
     @get("/live", operation_id="Liveness", summary="The process is running", sync_to_thread=False)
     def live(self) -> LiveResponse:
@@ -45,12 +45,12 @@ class HealthController(Controller):
         summary="Health of each backing service",
         responses=_UNHEALTHY_DETAILED,
     )
-    async def detailed(self, tasks: Tasks) -> Response[HealthResponse]:
+    async def detailed(self, call: Call) -> Response[HealthResponse]:
         """Every component's state; 200 while the required ones are up.
 
         The status reads ``degraded`` when an optional service (Redis) is down.
         """
-        report = await tasks.health()
+        report = await call.tasks.health()
         body = mapping.health_response(report, show_degraded=True)
         return Response(body, status_code=200 if report.healthy else 503)
 

@@ -15,7 +15,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from common_operations.domain.status import TaskStatus, parse_status
 from common_operations.domain.task import DEFAULT_PAGE_SIZE, PageRequest, TaskQuery, parse_task_id
 from common_operations.web import mapping
-from common_operations.web.dependencies import Caller, Tasks
+from common_operations.web.dependencies import Call
 from common_operations.web.errors import problem_responses
 from common_operations.web.schemas import (
     CreateTaskRequest,
@@ -50,11 +50,11 @@ class TaskController(Controller):
         summary="Create a task and start its workflow",
         responses=problem_responses(400, 503),
     )
-    async def create_task(
-        self, data: JSONBody[CreateTaskRequest], principal: Caller, tasks: Tasks
-    ) -> TaskResponse:
+    async def create_task(self, data: JSONBody[CreateTaskRequest], call: Call) -> TaskResponse:
         """Record a task; ``requestedBy`` defaults to the caller, a future ``scheduledAt`` schedules it."""
-        return mapping.task_response(await tasks.create_task(principal, mapping.create_command(data)))
+        return mapping.task_response(
+            await call.tasks.create_task(call.principal, mapping.create_command(data))
+        )
 
     @get(
         "/tasks",
@@ -64,8 +64,7 @@ class TaskController(Controller):
     )
     async def list_tasks(
         self,
-        principal: Caller,
-        tasks: Tasks,
+        call: Call,
         page: Page = 1,
         page_size: PageSize = DEFAULT_PAGE_SIZE,
         task_type: Annotated[str | None, QueryParameter(name="taskType")] = None,
@@ -96,12 +95,12 @@ class TaskController(Controller):
             end_date=end_date,
             search=search,
         )
-        return mapping.task_list(await tasks.list_tasks(principal, query))
+        return mapping.task_list(await call.tasks.list_tasks(call.principal, query))
 
     @get(TASK, operation_id="GetTask", summary="Get a task", responses=problem_responses(400, 404))
-    async def get_task(self, task_id: FromPath[str], principal: Caller, tasks: Tasks) -> TaskResponse:
+    async def get_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
         """One task by id."""
-        return mapping.task_response(await tasks.get_task(principal, parse_task_id(task_id)))
+        return mapping.task_response(await call.tasks.get_task(call.principal, parse_task_id(task_id)))
 
     @delete(
         TASK,
@@ -109,9 +108,9 @@ class TaskController(Controller):
         summary="Delete a finished task with its logs and events",
         responses=problem_responses(400, 404, 409),
     )
-    async def delete_task(self, task_id: FromPath[str], principal: Caller, tasks: Tasks) -> None:
+    async def delete_task(self, task_id: FromPath[str], call: Call) -> None:
         """Only completed, failed or cancelled tasks can be deleted."""
-        await tasks.delete_task(principal, parse_task_id(task_id))
+        await call.tasks.delete_task(call.principal, parse_task_id(task_id))
 
     @post(
         TASK + "/cancel",
@@ -120,9 +119,9 @@ class TaskController(Controller):
         status_code=200,
         responses=problem_responses(400, 404, 409, 503),
     )
-    async def cancel_task(self, task_id: FromPath[str], principal: Caller, tasks: Tasks) -> TaskResponse:
+    async def cancel_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
         """Cancel through the workflow; answers the task once its cleanup ran (or the wait ended)."""
-        return mapping.task_response(await tasks.cancel_task(principal, parse_task_id(task_id)))
+        return mapping.task_response(await call.tasks.cancel_task(call.principal, parse_task_id(task_id)))
 
     @post(
         TASK + "/retry",
@@ -131,9 +130,9 @@ class TaskController(Controller):
         status_code=200,
         responses=problem_responses(400, 404, 409, 503),
     )
-    async def retry_task(self, task_id: FromPath[str], principal: Caller, tasks: Tasks) -> TaskResponse:
+    async def retry_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
         """Allowed from ``failed`` while ``retryCount < maxRetries``."""
-        return mapping.task_response(await tasks.retry_task(principal, parse_task_id(task_id)))
+        return mapping.task_response(await call.tasks.retry_task(call.principal, parse_task_id(task_id)))
 
     @patch(
         TASK + "/progress",
@@ -142,11 +141,13 @@ class TaskController(Controller):
         responses=problem_responses(400, 404, 409, 503),
     )
     async def update_progress(
-        self, task_id: FromPath[str], data: JSONBody[UpdateProgressRequest], principal: Caller, tasks: Tasks
+        self, task_id: FromPath[str], data: JSONBody[UpdateProgressRequest], call: Call
     ) -> TaskResponse:
         """Omitted counts stay unchanged; ``isCompleted`` ends the task (failed if ``errorMessage``)."""
         report = mapping.progress_report(data)
-        return mapping.task_response(await tasks.update_progress(principal, parse_task_id(task_id), report))
+        return mapping.task_response(
+            await call.tasks.update_progress(call.principal, parse_task_id(task_id), report)
+        )
 
     @get(
         TASK + "/download",
@@ -154,11 +155,11 @@ class TaskController(Controller):
         summary="Where the task's output file can be downloaded",
         responses=problem_responses(400, 404, 409),
     )
-    async def download_url(
-        self, task_id: FromPath[str], principal: Caller, tasks: Tasks
-    ) -> DownloadUrlResponse:
+    async def download_url(self, task_id: FromPath[str], call: Call) -> DownloadUrlResponse:
         """409 ``NOT_AVAILABLE`` while the task has no output file."""
-        return mapping.download_response(await tasks.download_url(principal, parse_task_id(task_id)))
+        return mapping.download_response(
+            await call.tasks.download_url(call.principal, parse_task_id(task_id))
+        )
 
     @get(
         TASK + "/logs",
@@ -169,14 +170,13 @@ class TaskController(Controller):
     async def task_logs(
         self,
         task_id: FromPath[str],
-        principal: Caller,
-        tasks: Tasks,
+        call: Call,
         page: Page = 1,
         page_size: PageSize = HISTORY_PAGE_SIZE,
     ) -> TaskLogsResponse:
         """One page of log lines."""
         paging = PageRequest(page=page, page_size=page_size)
-        return mapping.log_list(await tasks.task_logs(principal, parse_task_id(task_id), paging))
+        return mapping.log_list(await call.tasks.task_logs(call.principal, parse_task_id(task_id), paging))
 
     @get(
         TASK + "/events",
@@ -187,14 +187,15 @@ class TaskController(Controller):
     async def task_events(
         self,
         task_id: FromPath[str],
-        principal: Caller,
-        tasks: Tasks,
+        call: Call,
         page: Page = 1,
         page_size: PageSize = HISTORY_PAGE_SIZE,
     ) -> TaskEventsResponse:
         """One page of events (task.created, task.started, task.progress, …)."""
         paging = PageRequest(page=page, page_size=page_size)
-        return mapping.event_list(await tasks.task_events(principal, parse_task_id(task_id), paging))
+        return mapping.event_list(
+            await call.tasks.task_events(call.principal, parse_task_id(task_id), paging)
+        )
 
     @get(
         "/health",
@@ -202,7 +203,7 @@ class TaskController(Controller):
         summary="Health of the service and its backing services",
         responses={503: ResponseSpec(HealthResponse, description="A backing service is down")},
     )
-    async def health(self, tasks: Tasks) -> Response[HealthResponse]:
+    async def health(self, call: Call) -> Response[HealthResponse]:
         """200 when Postgres and Temporal answer, else 503 with the same body."""
-        report = await tasks.health()
+        report = await call.tasks.health()
         return Response(mapping.health_response(report), status_code=200 if report.healthy else 503)
