@@ -80,6 +80,7 @@ SELECT count(*) FROM u
 """
 
 EXACT_TOTAL_LIMIT = 10_000
+SEARCH_EXACT_TOTAL_LIMIT = 1_000
 
 _SEARCH_EXPR = "(id::text || ' ' || coalesce(file_name, '') || ' ' || coalesce(error_message, ''))"
 
@@ -266,21 +267,21 @@ class TaskRepository:
         # Page and count run on two connections at once.
         rows, total = await asyncio.gather(
             self._pool.fetch(page_sql, *args, query.page_size, query.offset),
-            self._count(where, args),
+            self._count(where, args, SEARCH_EXACT_TOTAL_LIMIT if query.search else EXACT_TOTAL_LIMIT),
         )
         return Page([_task_from_row(r) for r in rows], total, query.page, query.page_size)
 
-    async def _count(self, where: str, args: list[Any]) -> int:
-        """Exact up to :data:`EXACT_TOTAL_LIMIT` matches, the planner's estimate beyond.
+    async def _count(self, where: str, args: list[Any], limit: int) -> int:
+        """Exact up to ``limit`` matches, the planner's estimate beyond.
 
         An exact count of a broad filter over a million rows costs 150-250 ms on every page; no
         one pages through ten thousand tasks by the total, so beyond that the estimate serves.
+        A search rechecks every trigram candidate in the heap, hence its lower limit.
         """
         exact = await self._pool.fetchval(
-            f"SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT {EXACT_TOTAL_LIMIT + 1}) AS m",
-            *args,
+            f"SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT {limit + 1}) AS m", *args
         )
-        if exact <= EXACT_TOTAL_LIMIT:
+        if exact <= limit:
             return int(exact)
         plan = await self._pool.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks {where}", *args)
         estimate = int(json.loads(plan)[0]["Plan"]["Plan Rows"])
