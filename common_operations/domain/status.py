@@ -110,6 +110,19 @@ def ensure_retryable(current: TaskStatus, retry_count: int, max_retries: int) ->
         )
 
 
+def ensure_accepts_reports(current: TaskStatus) -> None:
+    """Progress reports are accepted only while a task is pending or processing.
+
+    Raises:
+        InvalidTransition: the task is scheduled, failed or final.
+    """
+    if current not in (TaskStatus.PENDING, TaskStatus.PROCESSING):
+        raise InvalidTransition(
+            f"task is {current.value}; progress reports are accepted only while it is pending or processing",
+            current=current.value,
+        )
+
+
 def ensure_deletable(current: TaskStatus) -> None:
     """Tasks that a run is working on cannot be deleted; cancel them first."""
     if current.is_active:

@@ -20,6 +20,7 @@ from common_operations.domain.errors import (
 from common_operations.domain.principal import Principal
 from common_operations.domain.status import (
     TaskStatus,
+    ensure_accepts_reports,
     ensure_cancellable,
     ensure_deletable,
     ensure_retryable,
@@ -277,12 +278,9 @@ class TaskService:
         """
         validate_report_shape(report)
         task = await self._get(task_id)
-        if task.status.is_closed or task.status is TaskStatus.SCHEDULED:
-            raise InvalidTransition(
-                f"task is {task.status.value}; progress reports are accepted only while it is "
-                "pending or processing",
-                current=task.status.value,
-            )
+        # Checked here too (the workflow's validator has the last word) so that a report on a
+        # finished task is refused without a round trip to a run that may no longer exist.
+        ensure_accepts_reports(task.status)
         await self.workflows.report_progress(str(task_id), report)
         return await self._get(task_id)
 

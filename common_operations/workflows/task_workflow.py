@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from common_operations.domain.errors import DomainError, InvalidTransition, ValidationFailed
-    from common_operations.domain.status import TaskStatus, ensure_transition
+    from common_operations.domain.status import TaskStatus, ensure_accepts_reports, ensure_transition
     from common_operations.domain.task import ProgressReport, RecordCounts, apply_report
     from common_operations.domain.workflow_types import (
         MIRROR_ACTIVITY,
@@ -180,12 +180,7 @@ class TaskWorkflow:
             raise _rejection(err) from err
 
     def _check_report(self, report: ProgressReport) -> None:
-        if self._status not in (TaskStatus.PENDING, TaskStatus.PROCESSING):
-            raise InvalidTransition(
-                f"task is {self._status.value}; progress reports are accepted only while it is "
-                "pending or processing",
-                current=self._status.value,
-            )
+        ensure_accepts_reports(self._status)
         if self._inp.handler.kind is HandlerKind.DELEGATED:
             if self._status is not TaskStatus.PROCESSING:
                 raise InvalidTransition("the delegated activity has not started yet")
