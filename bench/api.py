@@ -398,8 +398,6 @@ def start_api(url: str, address: str, port: int, args: argparse.Namespace) -> su
     command += ["--port", str(port), "--loop", args.loop]
     if args.pool_max:
         command += ["--pool-max", str(args.pool_max)]
-    if args.no_pool_reset:
-        command.append("--no-pool-reset")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until ready (or the process died)
@@ -604,7 +602,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop", help="API process loop")
     p.add_argument("--pool-max", type=int, default=0, help="API asyncpg pool size (default: the service's)")
-    p.add_argument("--no-pool-reset", action="store_true", help="diagnostic: API skips asyncpg's reset query")
     args = p.parse_args(argv)
     if min(args.rows, args.connections, args.rounds) < 1 or min(args.duration, args.one_client_duration) <= 0:
         p.error("--rows, --connections, --rounds and the durations must be positive")

@@ -1,13 +1,12 @@
 """The REST API alone, for ``bench.api`` to load from another process.
 
     python -m bench.serve_api --database-url URL --temporal-address HOST:PORT --port PORT
-        [--loop asyncio|uvloop] [--pool-max N] [--no-pool-reset]
+        [--loop asyncio|uvloop] [--pool-max N]
 
 Runs exactly what ``common-operations api`` runs for REST: ``open_runtime`` (asyncpg pool through
 Piccolo, a Temporal client) and ``serve_http`` (uvicorn inside the already running event loop).
 The CLI runs uvloop (the default here too); ``--loop asyncio`` measures the plain loop.
-``--no-pool-reset`` is a diagnostic: the asyncpg pool then skips the reset query it sends after
-every pooled call (what ``asyncpg.create_pool(reset=...)`` would do). It prints ``ready`` on stdout
+It prints ``ready`` on stdout
 once the socket answers, and stops on SIGTERM/SIGINT.
 """
 
@@ -79,17 +78,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     p.add_argument("--pool-max", type=int, default=0, help="asyncpg pool size (default: the service's)")
-    p.add_argument("--no-pool-reset", action="store_true", help="diagnostic: skip asyncpg's reset query")
     return p.parse_args()
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     arguments = parse_args()
-    if arguments.no_pool_reset:
-        import asyncpg
-
-        asyncpg.Connection.get_reset_query = lambda self: ""
     code = 0
     try:
         if arguments.loop == "uvloop":
