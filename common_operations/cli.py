@@ -1,7 +1,8 @@
 """``common-operations``: run the whole service, or one part of it.
 
 - ``run``: embedded Postgres and Temporal dev server (unless configured otherwise), migrations, then
-  REST, gRPC and the worker in one supervised process. Ctrl-C stops everything.
+  REST, gRPC and the worker in one supervised process. Ctrl-C, SIGTERM or a part that dies stops
+  everything it started, in order; a second run of the same data directory is refused.
 - ``api`` / ``worker`` / ``migrate``: the parts separately, against configured servers
   (what docker-compose uses).
 - ``tasks``: operator commands (list, show, reconcile).
@@ -17,19 +18,28 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 import uvloop
 
 from common_operations.config import Settings, get_settings
+from common_operations.infra.processes import ComponentFailed, RunRefused
+
+if TYPE_CHECKING:
+    from common_operations.infra.embedded import EmbeddedServer, EmbeddedTemporal
+    from common_operations.infra.ports import Listener
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 tasks_app = typer.Typer(help="Operator commands on tasks.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 
 log = logging.getLogger("common_operations")
+
+# Longest wait for REST, gRPC (5 s of grace itself) and the worker to stop before `run` stops the
+# servers behind them regardless.
+SERVICE_STOP_TIMEOUT = 30.0
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -46,29 +56,91 @@ def _configure_logging(settings: Settings) -> None:
 def _exit(code: int) -> None:
     # temporalio's native runtime can crash during interpreter finalisation (sdk-python#300);
     # all work is done and flushed by now, so leave without finalising.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed terminal
+            stream.flush()
     os._exit(code)
 
 
+def _say(text: str) -> None:
+    # Progress goes to stdout; a closed terminal must not break the shutdown that its SIGHUP started.
+    with contextlib.suppress(OSError, ValueError):
+        print(text, flush=True)
+
+
+def _error(text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+def _stop_signals() -> list[signal.Signals]:
+    signals = [signal.SIGINT, signal.SIGTERM]
+    # A closed terminal stops the run in order too, unless it runs under nohup (SIGHUP ignored).
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    return signals
+
+
 def _main(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``coro_fn`` until it returns or SIGINT/SIGTERM arrives, then exit cleanly."""
+    """Run ``coro_fn`` until it returns, fails, or a signal asks it to stop; then exit.
+
+    SIGINT, SIGTERM and SIGHUP are handled alike: the first one cancels ``coro_fn``, whose cleanup
+    then runs to its end (every stop step is bounded in time); later ones only say it is under way,
+    since cancelling the cleanup itself would leave servers running.
+
+    Exit status: 0 when ``coro_fn`` returned or a signal stopped it, 1 when something failed (a part
+    that did not start or that died), 2 when ``run`` refused to start (nothing was left running).
+    """
+    received: list[signal.Signals] = []
 
     async def supervised() -> None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
+
+        def on_signal(sig: signal.Signals) -> None:
+            if received:
+                _say(f"{sig.name} received: already stopping, every step has a time limit ...")
+                return
+            received.append(sig)
+            _say(f"{sig.name} received.")
+            task.cancel()
+
+        for sig in _stop_signals():
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
             await coro_fn()
+        except asyncio.CancelledError:
+            if not received:
+                raise
 
     code = 0
+    # uvloop (from uvicorn[standard]) roughly halves the event loop's own cost, which is a large
+    # share of the API's and the worker's CPU (bench/README.md).
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     try:
-        # uvloop (from uvicorn[standard]) roughly halves the event loop's own cost, which is a large
-        # share of the API's and the worker's CPU (bench/README.md).
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(supervised())
+        # Not closed afterwards: closing waits for every task left, and a part that hung on its way
+        # out (given up on, see _serve_watched) would hang the exit. The process ends right below.
+        runner.run(supervised())
+        if received:
+            _say(f"stopped ({received[0].name}).")
+    except RunRefused as exc:
+        _error(str(exc))
+        code = 2
+    except ComponentFailed as exc:
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, OSError | ComponentFailed | RunRefused):
+            log.error("%s", exc, exc_info=cause)  # a bug rather than an environment problem: keep the trace
+        _error(str(exc))
+        code = 1
+    except SystemExit as exc:
+        # Uvicorn calls sys.exit() inside its serving task when it cannot listen, and asyncio lets that
+        # escape the event loop, past our cleanup. Closing the runner cancels every task left, so the
+        # cleanup runs now.
+        with contextlib.suppress(BaseException):
+            runner.close()
+        _error(f"a part of the service exited (status {exc.code}); see the messages above")
+        code = 1
     except Exception:
         log.exception("stopped by an error")
         code = 1
@@ -76,21 +148,64 @@ def _main(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 async def _supervise(**parts: Coroutine[Any, Any, None]) -> None:
-    """Run the parts together; if one ends or fails, stop the others (no half-running service)."""
+    """Run the parts together; if one ends or fails, stop the others (no half-running service).
+
+    Raises:
+        ComponentFailed: naming the part that ended or failed, and why.
+        RunRefused: a part refused to go on (it found a server it must not use).
+    """
     tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t.exception() is not None:
-                raise RuntimeError(f"{t.get_name()} failed") from t.exception()
-            raise RuntimeError(f"{t.get_name()} stopped unexpectedly")
+            exc = t.exception()
+            if isinstance(exc, ComponentFailed | RunRefused):
+                raise exc
+            if exc is not None:
+                raise ComponentFailed(f"{t.get_name()} failed: {exc}") from exc
+            raise ComponentFailed(f"{t.get_name()} stopped unexpectedly")
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _serve(settings: Settings, *, with_worker: bool, with_api: bool, banner: str = "") -> None:
+async def _announce_when_listening(banner: str, endpoints: Sequence[tuple[str, int]]) -> None:
+    """Print ``banner`` once every endpoint accepts connections, then idle until cancelled.
+
+    A supervised part, so a server that fails to listen ends the run before the banner says it runs.
+    """
+    for host, port in endpoints:
+        target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(target, port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            break
+    _say(banner)
+    await asyncio.Event().wait()
+
+
+async def _serve(
+    settings: Settings,
+    *,
+    with_worker: bool,
+    with_api: bool,
+    banner: str = "",
+) -> None:
+    """Serve the chosen parts until cancelled or until one of them ends.
+
+    Args:
+        settings: where everything listens and connects.
+        with_worker: run the Temporal worker and the reconciler.
+        with_api: serve REST and gRPC.
+        banner: printed once REST and gRPC accept connections.
+    """
     from common_operations.bootstrap import open_runtime
     from common_operations.infra.temporal import ensure_search_attributes
 
@@ -108,7 +223,8 @@ async def _serve(settings: Settings, *, with_worker: bool, with_api: bool, banne
 
             parts["worker"] = run_worker(runtime)
         if banner:
-            print(banner, flush=True)
+            endpoints = [(settings.http.host, settings.http.port), (settings.grpc.host, settings.grpc.port)]
+            parts["banner"] = _announce_when_listening(banner, endpoints if with_api else [])
         await _supervise(**parts)
 
 
@@ -134,38 +250,103 @@ def run() -> None:
     """Start everything: embedded Postgres and Temporal (unless configured), REST, gRPC, worker."""
     settings = get_settings()
     _configure_logging(settings)
+    _main(lambda: _run(settings))
 
-    async def main() -> None:
-        from common_operations.db.engine import migrate
-        from common_operations.infra.embedded import EmbeddedPostgres, EmbeddedTemporal
 
-        postgres = EmbeddedPostgres(settings.data_dir) if not settings.database.url else None
-        temporal = (
-            EmbeddedTemporal(settings.data_dir, settings.temporal.port, settings.temporal.ui_port)
-            if not settings.temporal.address
-            else None
-        )
+async def _run(settings: Settings) -> None:
+    """The ``run`` command: own the data directory, start the servers, serve; stop all of it in reverse."""
+    from common_operations.db.engine import migrate
+    from common_operations.infra.embedded import EmbeddedPostgres, EmbeddedTemporal
+    from common_operations.infra.ownership import RunLock
+    from common_operations.infra.ports import ensure_free
+
+    postgres = EmbeddedPostgres(settings.data_dir) if not settings.database.url else None
+    temporal = (
+        EmbeddedTemporal(settings.data_dir, settings.temporal.port, settings.temporal.ui_port)
+        if not settings.temporal.address
+        else None
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        # Everything below is undone in reverse, whether the run ends by a signal, by a part that
+        # failed or died, or half-way through starting.
+        stack.enter_context(RunLock.acquire(settings.data_dir))
+        for server in (temporal, postgres):
+            if server is not None and (pid := await server.stop_orphan()) is not None:
+                _say(
+                    f"stopped {server.name} (pid {pid}) that an earlier run of this data directory "
+                    "left running when it did not stop cleanly"
+                )
+        ensure_free(_listeners(settings, temporal))
+        watch: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
         try:
             if postgres is not None:
-                print("starting embedded Postgres ...", flush=True)
-                settings.database.url = await asyncio.to_thread(postgres.start)
+                _say("starting embedded Postgres ...")
+                stack.push_async_callback(_stop_server, postgres)
+                settings.database.url = await postgres.start()
+                watch["postgres"] = postgres.watch
             if temporal is not None:
-                print("starting Temporal dev server with Web UI ...", flush=True)
+                _say("starting Temporal dev server with Web UI ...")
+                stack.push_async_callback(_stop_server, temporal)
                 settings.temporal.address = await temporal.start(settings.temporal.namespace)
-            print("applying migrations ...", flush=True)
+                watch["temporal"] = temporal.watch
+            _say("applying migrations ...")
             assert settings.database.url is not None
             await migrate(settings.database.url)
             banner = _banner(settings, temporal.ui_url if temporal else None)
-            await _serve(settings, with_worker=True, with_api=True, banner=banner)
+            await _serve_watched(settings, banner, watch)
         finally:
-            print("stopping ...", flush=True)
-            if temporal is not None:
-                await temporal.stop()
-            if postgres is not None:
-                postgres.stop()
-            print("stopped.", flush=True)
+            _say("stopping ...")
 
-    _main(main)
+
+async def _serve_watched(
+    settings: Settings, banner: str, watch: Mapping[str, Callable[[], Coroutine[Any, Any, None]]]
+) -> None:
+    """Serve until cancelled or until a watched server dies.
+
+    The service's own stop is bounded in time: if a part of it hangs, the servers behind it are
+    stopped all the same (and the process exits without waiting for the hung part).
+
+    Raises:
+        ComponentFailed: a watched server died, or a part of the service failed.
+    """
+    service = asyncio.create_task(_serve(settings, with_worker=True, with_api=True, banner=banner))
+    watchers = [asyncio.create_task(watcher(), name=name) for name, watcher in watch.items()]
+    try:
+        await asyncio.wait([service, *watchers], return_when=asyncio.FIRST_COMPLETED)
+        for task in (*watchers, service):
+            if task.done():
+                task.result()
+        raise ComponentFailed("the service stopped unexpectedly")
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        service.cancel()
+        if not (await asyncio.wait([service], timeout=SERVICE_STOP_TIMEOUT))[0]:
+            log.warning(
+                "the API, gRPC or the worker did not stop within %gs; stopping the servers regardless",
+                SERVICE_STOP_TIMEOUT,
+            )
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def _stop_server(server: EmbeddedServer) -> None:
+    if (pid := await server.stop()) is not None:
+        _say(f"stopped {server.name} (pid {pid})")
+
+
+def _listeners(settings: Settings, temporal: EmbeddedTemporal | None) -> list[Listener]:
+    from common_operations.infra.ports import Listener
+
+    listeners = [
+        Listener("REST API", settings.http.host, settings.http.port, "CO_HTTP__PORT"),
+        Listener("gRPC", settings.grpc.host, settings.grpc.port, "CO_GRPC__PORT"),
+    ]
+    if temporal is not None:
+        listeners += [
+            Listener("Temporal", temporal.ip, temporal.port, "CO_TEMPORAL__PORT"),
+            Listener("Temporal Web UI", temporal.ip, temporal.ui_port, "CO_TEMPORAL__UI_PORT"),
+        ]
+    return listeners
 
 
 @app.command()
