@@ -33,14 +33,14 @@ TASK_COLUMNS = (
     "id, task_type, entity_type, status, priority, requested_by, params, file_name, file_size, "
     "input_file_url, output_file_url, total_records, processed_records, success_records, "
     "failed_records, scheduled_at, started_at, completed_at, error_message, retry_count, "
-    "max_retries, created_at, updated_at, seq, run_id"
+    "max_retries, created_at, updated_at, seq, run_id, next_retry_at, owner_run_id"
 )
 
 _INSERT_TASK = f"""
 WITH t AS (
   INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
-          0, $13, $14, $14, 0, NULL, 0)
+          0, $13, $14, $14, 0, NULL, NULL, NULL, 0)
   RETURNING id
 ), e AS (
   INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
@@ -67,14 +67,10 @@ WITH u AS (
   INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
   SELECT $1, $2, $15, $4, $16::jsonb, $14
   WHERE EXISTS (SELECT 1 FROM u)
-     OR ($19::bigint IS NULL AND EXISTS (SELECT 1 FROM tasks WHERE id = $1))
-  ON CONFLICT (task_id, seq) DO NOTHING
 ), l AS (
   INSERT INTO task_logs (task_id, seq, level, message, created_at)
   SELECT $1, $2, $17, $20, $14
   WHERE EXISTS (SELECT 1 FROM u)
-     OR ($19::bigint IS NULL AND EXISTS (SELECT 1 FROM tasks WHERE id = $1))
-  ON CONFLICT (task_id, seq) DO NOTHING
 )
 SELECT count(*) FROM u
 """
@@ -115,6 +111,8 @@ def _task_from_row(row: asyncpg.Record) -> Task:
         updated_at=row["updated_at"],
         seq=row["seq"],
         run_id=row["run_id"],
+        next_retry_at=row["next_retry_at"],
+        owner_run_id=row["owner_run_id"],
     )
 
 
@@ -304,15 +302,26 @@ class TaskRepository:
         """A page of a task's log lines, oldest first."""
         rows, total = await asyncio.gather(
             self._pool.fetch(
-                "SELECT task_id, seq, level, message, created_at FROM task_logs WHERE task_id = $1 "
-                "ORDER BY seq, id LIMIT $2 OFFSET $3",
+                "SELECT id, task_id, seq, level, message, created_at, details FROM task_logs "
+                "WHERE task_id = $1 ORDER BY seq, id LIMIT $2 OFFSET $3",
                 task_id,
                 page.page_size,
                 page.offset,
             ),
             self._pool.fetchval("SELECT count(*) FROM task_logs WHERE task_id = $1", task_id),
         )
-        items = [TaskLog(r["task_id"], r["seq"], r["level"], r["message"], r["created_at"]) for r in rows]
+        items = [
+            TaskLog(
+                id=r["id"],
+                task_id=r["task_id"],
+                seq=r["seq"],
+                level=r["level"],
+                message=r["message"],
+                created_at=r["created_at"],
+                details=r["details"],
+            )
+            for r in rows
+        ]
         return Page(items, int(total), page.page, page.page_size)
 
     async def events(self, task_id: uuid.UUID, page: PageRequest) -> Page[TaskEvent]:

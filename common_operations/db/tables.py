@@ -49,8 +49,13 @@ class Tasks(Table, tablename="tasks"):
     updated_at = Timestamptz(default=TimestamptzNow())
     # Mirror sequence of the last applied write; a write with an older one is ignored.
     seq = BigInt(default=0)
-    # Temporal run working on the task; NULL until a run is known to exist.
+    # The latest Temporal run that wrote the row (continue-as-new changes it); NULL until one wrote.
     run_id = Varchar(length=64, null=True, default=None)
+    # Fence token: the first run id of the run chain that owns the task's current attempt. Only the
+    # owner's writes apply; a new attempt takes ownership with a compare-and-set on ``seq``.
+    owner_run_id = Varchar(length=64, null=True, default=None)
+    # Set while the workflow waits out the backoff of an automatic retry.
+    next_retry_at = Timestamptz(null=True, default=None)
 
 
 class TaskLogs(Table, tablename="task_logs"):
@@ -61,6 +66,8 @@ class TaskLogs(Table, tablename="task_logs"):
     seq = BigInt()
     level = Varchar(length=10, default="info")
     message = Text()
+    # Extra context as a JSON document (seed: TaskLog.details, a string).
+    details = Text(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
 
 

@@ -14,6 +14,8 @@ class ErrorKind(StrEnum):
     CONFLICT = "conflict"  # 409 / FAILED_PRECONDITION
     FORBIDDEN = "forbidden"  # 403 / PERMISSION_DENIED
     UNAVAILABLE = "unavailable"  # 503 / UNAVAILABLE
+    EXHAUSTED = "exhausted"  # 429 + Retry-After / RESOURCE_EXHAUSTED
+    TOO_LARGE = "too_large"  # 413 / RESOURCE_EXHAUSTED
     INTERNAL = "internal"  # 500 / INTERNAL
 
 
@@ -81,3 +83,21 @@ class ServiceUnavailable(DomainError):
 
     code = "SERVICE_UNAVAILABLE"
     kind = ErrorKind.UNAVAILABLE
+
+
+class RateLimited(DomainError):
+    """Too many requests right now; the caller should retry after ``retry_after`` seconds."""
+
+    code = "RATE_LIMITED"
+    kind = ErrorKind.EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class PayloadTooLarge(DomainError):
+    """A request (or a value in it) is larger than the service accepts."""
+
+    code = "PAYLOAD_TOO_LARGE"
+    kind = ErrorKind.TOO_LARGE

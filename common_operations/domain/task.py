@@ -70,6 +70,10 @@ class Task:
     updated_at: datetime | None = None
     seq: int = 0
     run_id: str | None = None
+    # Set while the workflow waits to retry a failed attempt by itself (the task type's auto_retry).
+    next_retry_at: datetime | None = None
+    # Fence token of the workflow run chain that owns the task's state (see db.repository).
+    owner_run_id: str | None = None
 
     @property
     def progress_percentage(self) -> float:
@@ -79,13 +83,15 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class TaskLog:
-    """One log line of a task."""
+    """One log line of a task; ``details`` is a JSON document as text (seed wire contract)."""
 
+    id: int
     task_id: uuid.UUID
     seq: int
     level: str
     message: str
     created_at: datetime
+    details: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +127,10 @@ class CreateTask:
 class ProgressReport:
     """What an external worker reports through ``UpdateTaskProgress``.
 
-    ``None`` means "unchanged" for every count.
+    ``None`` means "unchanged" for every count. With ``increment`` the processed, success and failed
+    counts are added to the task's (parallel workers each report their own share); ``total`` is
+    always absolute. ``report_id`` makes a report idempotent: a report whose id was already applied
+    is not applied again (it becomes the Temporal Update id).
     """
 
     processed_records: int | None = None
@@ -131,6 +140,8 @@ class ProgressReport:
     error_message: str | None = None
     is_completed: bool = False
     message: str | None = None
+    report_id: str | None = None
+    increment: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,8 @@ STATUS_BY_KIND: Final[dict[ErrorKind, grpc.StatusCode]] = {
     ErrorKind.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

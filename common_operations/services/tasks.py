@@ -213,8 +213,11 @@ class TaskService:
         """Tasks matching the filters, newest first."""
         return await self.repository.page(validate_query(query))
 
-    async def cancel_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
+    async def cancel_task(self, principal: Principal, task_id: uuid.UUID, reason: str | None = None) -> Task:
         """Cancel a scheduled, pending or processing task through its workflow.
+
+        ``reason`` (optional, free text) is recorded in the task's event and log line and passed to
+        Temporal as the cancellation reason.
 
         Waits up to ``operations.cancel_wait`` seconds for the workflow's cleanup and returns the
         task as it then stands. A task whose run is gone is cancelled in the mirror directly.

@@ -31,6 +31,8 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.CONFLICT: 409,
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.EXHAUSTED: 429,
+    ErrorKind.TOO_LARGE: 413,
     ErrorKind.INTERNAL: 500,
 }
 
