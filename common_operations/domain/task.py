@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from common_operations.domain.errors import ValidationFailed
+from common_operations.domain.errors import PayloadTooLarge, ValidationFailed
 from common_operations.domain.status import TaskStatus
 
 T = TypeVar("T")
@@ -16,10 +16,26 @@ T = TypeVar("T")
 DEFAULT_MAX_RETRIES = 3
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 20
-MAX_SEARCH_LENGTH = 200
-MAX_TEXT_LENGTH = 1024
-MAX_ERROR_LENGTH = 4000
 MAX_COUNT = 2**63 - 1  # BIGINT columns
+# Pages are numbered like gRPC's int32; it also keeps (page - 1) * page_size within a BIGINT OFFSET.
+MAX_PAGE = 2**31 - 1
+
+# What the API accepts is what the mirror can store: each text limit equals its Postgres column
+# (tests/domain/test_limits.py compares them with db/tables.py), so an over-long value is a 400 here
+# instead of a failed INSERT. Lengths count characters, as varchar(n) does.
+MAX_TASK_TYPE_LENGTH = 100  # tasks.task_type varchar(100)
+MAX_ENTITY_TYPE_LENGTH = 100  # tasks.entity_type varchar(100)
+MAX_REQUESTED_BY_LENGTH = 255  # tasks.requested_by varchar(255)
+# tasks.file_name is text; a name longer than this is a client bug, not a file (most file systems
+# stop at 255 bytes per path component and 4096 per path).
+MAX_FILE_NAME_LENGTH = 1024
+MAX_SEARCH_LENGTH = 200
+MAX_ERROR_LENGTH = 4000
+# params travels in the workflow's input (Temporal refuses payloads over 2 MiB) and is copied into
+# every run's history, so it is bounded well below that: its compact JSON encoding (UTF-8) and its
+# nesting (the params object itself is depth 1).
+MAX_PARAMS_BYTES = 64 * 1024
+MAX_PARAMS_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +229,9 @@ def parse_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:
         value = json.loads(raw, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ValidationFailed(f"params is not valid JSON: {exc.msg}", field="params") from exc
+    except RecursionError as exc:
+        # json recurses per nesting level; far deeper than MAX_PARAMS_DEPTH in any case.
+        raise _too_deep() from exc
     if not isinstance(value, dict):
         raise ValidationFailed("params must be a JSON object", field="params")
     return value
@@ -223,10 +242,21 @@ def _reject_constant(name: str) -> Any:
     raise ValidationFailed(f"params is not valid JSON: {name} is not a JSON number", field="params")
 
 
+def _too_deep() -> ValidationFailed:
+    return ValidationFailed(
+        f"params is nested deeper than {MAX_PARAMS_DEPTH} levels", field="params", limit=MAX_PARAMS_DEPTH
+    )
+
+
 def _reject_nul(value: str, name: str) -> None:
-    # Postgres text and jsonb cannot hold NUL; refuse it here rather than fail in the mirror.
+    # Postgres text and jsonb cannot hold NUL, and asyncpg cannot encode an unpaired surrogate
+    # (JSON's "\ud800" decodes to one); refuse both here rather than fail in the mirror.
     if "\x00" in value:
         raise ValidationFailed(f"{name} must not contain NUL characters", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationFailed(f"{name} is not valid Unicode (unpaired surrogate)", field=name) from exc
 
 
 def _check_count(value: int | None, name: str) -> None:
@@ -234,45 +264,108 @@ def _check_count(value: int | None, name: str) -> None:
         raise ValidationFailed(f"{name} must be between 0 and {MAX_COUNT}", field=name)
 
 
-def _require_text(value: str, name: str, *, allow_empty: bool = False) -> str:
+def _check_length(value: str, name: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ValidationFailed(f"{name} is longer than {limit} characters", field=name, limit=limit)
+
+
+def _require_text(value: str, name: str, limit: int, *, allow_empty: bool = False) -> str:
     _reject_nul(value, name)
     value = value.strip()
     if not value and not allow_empty:
         raise ValidationFailed(f"{name} is required", field=name)
-    if len(value) > MAX_TEXT_LENGTH:
-        raise ValidationFailed(f"{name} is longer than {MAX_TEXT_LENGTH} characters", field=name)
+    _check_length(value, name, limit)
     return value
 
 
+def _check_timestamp(value: datetime | None, name: str) -> None:
+    """An instant the API can store and show: time-zone aware and within years 1 to 9999 in UTC.
+
+    Python's datetime (and protobuf's Timestamp) stop at those years; an offset can push a
+    value that parses (``0001-01-01T00:00:00+01:00``) outside them once converted to UTC.
+    """
+    if value is None:
+        return
+    if value.utcoffset() is None:
+        raise ValidationFailed(f"{name} must carry a time zone (RFC 3339)", field=name)
+    try:
+        value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValidationFailed(
+            f"{name} is out of range (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z)", field=name
+        ) from exc
+
+
+def validate_params(params: dict[str, Any]) -> None:
+    """``params`` must be storable JSON within :data:`MAX_PARAMS_DEPTH` and :data:`MAX_PARAMS_BYTES`.
+
+    Raises:
+        ValidationFailed: nested too deeply, a NUL or unpaired surrogate in a key or string, a
+            non-finite number, or a value that is not JSON.
+        PayloadTooLarge: the compact JSON encoding is larger than :data:`MAX_PARAMS_BYTES`.
+    """
+    # Depth first, without recursion, so that the encoding below cannot hit the recursion limit.
+    stack: list[tuple[Any, int]] = [(params, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+            for key in item:
+                if isinstance(key, str):
+                    _reject_nul(key, "params")
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            if isinstance(item, str):
+                _reject_nul(item, "params")
+            continue
+        if depth > MAX_PARAMS_DEPTH:
+            raise _too_deep()
+        stack.extend((child, depth + 1) for child in children)
+    try:
+        encoded = json.dumps(params, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"params is not valid JSON: {exc}", field="params") from exc
+    size = len(encoded.encode("utf-8"))
+    if size > MAX_PARAMS_BYTES:
+        raise PayloadTooLarge(
+            f"params is {size} bytes as compact JSON; at most {MAX_PARAMS_BYTES} are accepted",
+            field="params",
+            limit=MAX_PARAMS_BYTES,
+            size=size,
+        )
+
+
 def validate_create(cmd: CreateTask) -> CreateTask:
-    """Check a create request's ranges and required fields.
+    """Check a create request's ranges, lengths and required fields.
 
     Returns:
         The request with its text fields trimmed.
 
     Raises:
-        ValidationFailed: a field is missing or out of range.
+        ValidationFailed: a field is missing, too long or out of range.
+        PayloadTooLarge: ``params`` is larger than :data:`MAX_PARAMS_BYTES`.
     """
     _check_count(cmd.file_size, "fileSize")
-    if "\\u0000" in json.dumps(cmd.params):
-        raise ValidationFailed("params must not contain NUL characters", field="params")
     if cmd.max_retries is not None and not 0 <= cmd.max_retries <= 100:
         raise ValidationFailed("maxRetries must be between 0 and 100", field="maxRetries")
     if not -1000 <= cmd.priority <= 1000:
         raise ValidationFailed("priority must be between -1000 and 1000", field="priority")
-    if cmd.scheduled_at is not None and cmd.scheduled_at.tzinfo is None:
-        raise ValidationFailed("scheduledAt must carry a time zone (RFC 3339)", field="scheduledAt")
-    return CreateTask(
-        task_type=_require_text(cmd.task_type, "taskType"),
-        entity_type=_require_text(cmd.entity_type, "entityType", allow_empty=True),
-        requested_by=_require_text(cmd.requested_by, "requestedBy"),
+    _check_timestamp(cmd.scheduled_at, "scheduledAt")
+    validated = CreateTask(
+        task_type=_require_text(cmd.task_type, "taskType", MAX_TASK_TYPE_LENGTH),
+        entity_type=_require_text(cmd.entity_type, "entityType", MAX_ENTITY_TYPE_LENGTH, allow_empty=True),
+        requested_by=_require_text(cmd.requested_by, "requestedBy", MAX_REQUESTED_BY_LENGTH),
         priority=cmd.priority,
         params=cmd.params,
-        file_name=_require_text(cmd.file_name, "fileName") if cmd.file_name else None,
+        file_name=_require_text(cmd.file_name, "fileName", MAX_FILE_NAME_LENGTH) if cmd.file_name else None,
         file_size=cmd.file_size,
         scheduled_at=cmd.scheduled_at,
         max_retries=cmd.max_retries,
     )
+    # Last: the other fields are cheap to check, and a 400 names a mistake better than a 413.
+    validate_params(cmd.params)
+    return validated
 
 
 def validate_report_shape(report: ProgressReport) -> None:
@@ -326,10 +419,11 @@ def apply_report(counts: RecordCounts, report: ProgressReport) -> RecordCounts:
 
 
 def validate_query(query: TaskQuery) -> TaskQuery:
-    """Check ListTasks paging, dates and search.
+    """Check ListTasks paging, dates, filters and search.
 
     Raises:
-        ValidationFailed: out-of-range paging, reversed dates or an over-long search.
+        ValidationFailed: out-of-range paging, reversed or unstorable dates, an over-long filter or
+            search.
 
     Returns:
         The query, with ``page_size`` capped at :data:`MAX_PAGE_SIZE`.
@@ -338,33 +432,33 @@ def validate_query(query: TaskQuery) -> TaskQuery:
         # The seed API caps rather than rejects large pages; existing clients rely on it.
         query = replace(query, page_size=MAX_PAGE_SIZE)
     validate_paging(query.page, query.page_size, MAX_PAGE_SIZE)
-    for name, value in (("startDate", query.start_date), ("endDate", query.end_date)):
-        if value is not None and value.tzinfo is None:
-            raise ValidationFailed(f"{name} must carry a time zone (RFC 3339)", field=name)
+    _check_timestamp(query.start_date, "startDate")
+    _check_timestamp(query.end_date, "endDate")
     if query.start_date and query.end_date and query.start_date > query.end_date:
         raise ValidationFailed("startDate is after endDate", field="startDate")
-    if query.search is not None:
-        if len(query.search) > MAX_SEARCH_LENGTH:
-            raise ValidationFailed(f"search is longer than {MAX_SEARCH_LENGTH} characters", field="search")
-        _reject_nul(query.search, "search")
-    for name, text in (
-        ("taskType", query.task_type),
-        ("entityType", query.entity_type),
-        ("requestedBy", query.requested_by),
+    # A filter longer than its column can match nothing; refusing it tells the caller of the bug.
+    for name, text, limit in (
+        ("search", query.search, MAX_SEARCH_LENGTH),
+        ("taskType", query.task_type, MAX_TASK_TYPE_LENGTH),
+        ("entityType", query.entity_type, MAX_ENTITY_TYPE_LENGTH),
+        ("requestedBy", query.requested_by, MAX_REQUESTED_BY_LENGTH),
     ):
         if text is not None:
+            _check_length(text, name, limit)
             _reject_nul(text, name)
     return query
 
 
 def validate_paging(page: int, page_size: int, max_page_size: int) -> None:
-    """Pages are 1-based; sizes run from 1 to ``max_page_size``.
+    """Pages are 1-based up to :data:`MAX_PAGE`; sizes run from 1 to ``max_page_size``.
 
     Raises:
         ValidationFailed: either value out of range.
     """
     if page < 1:
         raise ValidationFailed("page must be 1 or more", field="page")
+    if page > MAX_PAGE:
+        raise ValidationFailed(f"page must be at most {MAX_PAGE}", field="page")
     if not 1 <= page_size <= max_page_size:
         raise ValidationFailed(f"pageSize must be between 1 and {max_page_size}", field="pageSize")
 
