@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any
 
@@ -94,6 +95,17 @@ class RateLimited(DomainError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **details: Any) -> None:
         super().__init__(message, retry_after=retry_after, **details)
         self.retry_after = retry_after
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """``retry_after`` as the whole seconds both transports announce, rounded up (never negative).
+
+        HTTP's ``Retry-After`` takes whole seconds only; rounding down could send a client back
+        before the limit has passed.
+        """
+        if not math.isfinite(self.retry_after):
+            return 1
+        return max(0, math.ceil(self.retry_after))
 
 
 class PayloadTooLarge(DomainError):

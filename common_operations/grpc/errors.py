@@ -1,8 +1,10 @@
 """The one place where errors become gRPC statuses.
 
 A :class:`DomainError` keeps its message as the status details and its stable ``code`` in the
-``error-code`` trailing metadata, so clients can branch on the code without parsing text. Anything
-else is a bug: it is logged with its traceback and the client sees a generic INTERNAL status.
+``error-code`` trailing metadata, so clients can branch on the code without parsing text; a rate
+limited call also says in ``retry-after`` how many seconds to wait. A request protobuf cannot
+decode is the caller's mistake too (INVALID_ARGUMENT), not grpc's UNKNOWN. Anything else is a bug:
+it is logged with its traceback and the client sees a generic INTERNAL status.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError, Message
 
-from common_operations.domain.errors import DomainError, ErrorKind
+from common_operations.domain.errors import DomainError, ErrorKind, RateLimited, ValidationFailed
 
 log = logging.getLogger(__name__)
 
 ERROR_CODE_KEY: Final = "error-code"
+RETRY_AFTER_KEY: Final = "retry-after"
 INTERNAL_CODE: Final = "INTERNAL"
 INTERNAL_MESSAGE: Final = "internal error; see the service logs"
 
@@ -46,6 +51,49 @@ def status_for(err: DomainError) -> grpc.StatusCode:
     return STATUS_BY_KIND.get(err.kind, grpc.StatusCode.INTERNAL)
 
 
+@dataclass(frozen=True, slots=True)
+class UndecodableRequest:
+    """What the servicer receives instead of a request message that protobuf cannot decode."""
+
+    message_type: str
+    reason: str
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def lenient_deserializer(message_class: type[_M]) -> Callable[[bytes], _M | UndecodableRequest]:
+    """A request deserializer that hands undecodable bytes to the method instead of raising.
+
+    grpc answers a deserializer's exception with UNKNOWN and the exception's text; this way the
+    method's :func:`grpc_errors` answers INVALID_ARGUMENT with the ``error-code`` like any bad input.
+    Undecodable means corrupt wire data, invalid UTF-8 in a string, or nesting beyond protobuf's
+    recursion limit (a ``Struct`` about 100 levels deep).
+
+    Args:
+        message_class: the generated request message class.
+    """
+
+    def decode(data: bytes) -> _M | UndecodableRequest:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return UndecodableRequest(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return decode
+
+
+def trailing_metadata(err: DomainError) -> tuple[tuple[str, str], ...]:
+    """``error-code`` for every domain error, and ``retry-after`` (whole seconds) when rate limited.
+
+    ``retry-after`` carries the same rounded-up seconds as REST's ``Retry-After`` header, so a
+    client backs off the same way over either transport.
+    """
+    if isinstance(err, RateLimited):
+        return ((ERROR_CODE_KEY, err.code), (RETRY_AFTER_KEY, str(err.retry_after_seconds)))
+    return ((ERROR_CODE_KEY, err.code),)
+
+
 def grpc_errors(
     method: Callable[[_S, _Req, Context], Awaitable[_Resp]],
 ) -> Callable[[_S, _Req, Context], Coroutine[Any, Any, _Resp]]:
@@ -61,9 +109,13 @@ def grpc_errors(
     @functools.wraps(method)
     async def handler(self: _S, request: _Req, context: Context) -> _Resp:
         try:
+            if isinstance(request, UndecodableRequest):
+                raise ValidationFailed(
+                    f"the request is not a valid {request.message_type} message: {request.reason}"
+                )
             return await method(self, request, context)
         except DomainError as err:
-            await context.abort(status_for(err), err.message, trailing_metadata=((ERROR_CODE_KEY, err.code),))
+            await context.abort(status_for(err), err.message, trailing_metadata=trailing_metadata(err))
         except grpc.aio.AbortError:
             # The method aborted the call itself; its status stands.
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import grpc.aio
@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common_operations.bootstrap import Runtime
+from common_operations.grpc.errors import lenient_deserializer
 from common_operations.grpc.servicer import OperationsServicer
 from common_operations.grpc.v1 import operations_pb2, operations_pb2_grpc
 
@@ -22,11 +23,53 @@ HEALTH_SERVICE: Final = health_pb2.DESCRIPTOR.services_by_name["Health"].full_na
 OVERALL_HEALTH: Final = ""
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
 
-_OPTIONS: Final = (
+# The largest valid request (a CreateTask with 64 KiB of params) is far below this; grpc answers a
+# larger one RESOURCE_EXHAUSTED before any of our code runs (its default would be 4 MiB).
+MAX_RECEIVE_MESSAGE_BYTES: Final = 1024 * 1024
+# The largest answer is a ListTasks page of 1000 tasks, each with up to 64 KiB of params and 4000
+# characters of error message: about 70 MiB as JSON-like params. A page beyond this (params whose
+# numbers grow as Struct doubles) is refused with RESOURCE_EXHAUSTED; a smaller pageSize gets it.
+MAX_SEND_MESSAGE_BYTES: Final = 128 * 1024 * 1024
+
+SERVER_OPTIONS: Final = (
     # Linux gRPC binds with SO_REUSEPORT by default: a second instance on the same port would start
     # "successfully" and silently share the traffic. Fail loudly instead.
     ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
 )
+
+
+def add_operations_service(
+    servicer: operations_pb2_grpc.OperationsServiceServicer, server: grpc.aio.Server
+) -> None:
+    """Register ``servicer`` as the generated ``add_OperationsServiceServicer_to_server`` does.
+
+    The one difference: requests are decoded by :func:`lenient_deserializer`, so a message protobuf
+    cannot decode is answered INVALID_ARGUMENT by the method's error mapping instead of UNKNOWN by
+    grpc. The methods are read from the service descriptor, so a new RPC needs no change here.
+
+    Args:
+        servicer: the OperationsService implementation.
+        server: the server to add it to (not yet started).
+
+    Raises:
+        TypeError: the service gained a streaming method, which this registration does not handle.
+    """
+    service = operations_pb2.DESCRIPTOR.services_by_name["OperationsService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            raise TypeError(f"{method.full_name} streams; register it with a streaming handler")
+        request_class = getattr(operations_pb2, method.input_type.name)
+        response_class = getattr(operations_pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 async def build_server(
@@ -51,8 +94,8 @@ async def build_server(
     Raises:
         RuntimeError: the address cannot be bound.
     """
-    server = grpc.aio.server(options=_OPTIONS)
-    operations_pb2_grpc.add_OperationsServiceServicer_to_server(OperationsServicer(runtime.tasks), server)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    add_operations_service(OperationsServicer(runtime.tasks), server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((OPERATIONS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

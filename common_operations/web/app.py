@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from typing import Any
+
+from litestar import Litestar, Request
 from litestar.datastructures import State
+from litestar.exceptions import ClientException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Tag
 
 from common_operations.bootstrap import Runtime
+from common_operations.domain import task as limits
 from common_operations.web.controllers.health import HealthController
 from common_operations.web.controllers.settings import (
     PaymentSettingsController,
@@ -20,6 +24,38 @@ from common_operations.web.errors import exception_handlers
 from common_operations.web.metrics import count_unmatched, metrics, metrics_middleware
 
 API_VERSION = "1.0.0"
+# Explicit rather than Litestar's 10 MB default: the largest valid body (a CreateTask with 64 KiB of
+# params, or a progress report) is far smaller, and a larger one is answered 413 before it is read.
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+
+LIMITS_DOC = (
+    f"**Limits.** Request bodies up to {MAX_REQUEST_BODY_BYTES // 1024} KiB (larger: 413 "
+    f"`PAYLOAD_TOO_LARGE`). Text: `taskType` and `entityType` up to {limits.MAX_TASK_TYPE_LENGTH} "
+    f"characters, `requestedBy` {limits.MAX_REQUESTED_BY_LENGTH}, `fileName` {limits.MAX_FILE_NAME_LENGTH}, "
+    f"`search` {limits.MAX_SEARCH_LENGTH}, `errorMessage` and `message` {limits.MAX_ERROR_LENGTH}; no NUL "
+    f"characters. `params`: at most {limits.MAX_PARAMS_BYTES // 1024} KiB as compact UTF-8 JSON (larger: "
+    f"413 `PAYLOAD_TOO_LARGE`) and {limits.MAX_PARAMS_DEPTH} levels deep (the object itself is level 1). "
+    "Instants are RFC 3339 with a time zone, within 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z. "
+    f"`page` up to {limits.MAX_PAGE}, `pageSize` 1 to {limits.MAX_PAGE_SIZE} (larger list pages are capped). "
+    "Anything else out of range is a 400 `VALIDATION_FAILED` naming the field. "
+    "429 `RATE_LIMITED` carries `Retry-After` (whole seconds)."
+)
+
+
+class _Request(Request[Any, Any, Any]):
+    """Litestar's request, answering 400 for a JSON body nested beyond the decoder's recursion limit."""
+
+    async def json(self) -> Any:
+        """The decoded JSON body.
+
+        Raises:
+            ClientException: the body nests arrays or objects deeper than the decoder can follow
+                (msgspec recurses per level and raises ``RecursionError``, which would be a 500).
+        """
+        try:
+            return await super().json()
+        except RecursionError as exc:
+            raise ClientException("the request body is nested too deeply to decode") from exc
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -29,7 +65,8 @@ def openapi_config() -> OpenAPIConfig:
         version=API_VERSION,
         description=(
             "Long-running tasks of the e-commerce platform: create, watch, cancel, retry. "
-            "Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`."
+            "Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`.\n\n"
+            + LIMITS_DOC
         ),
         path="/docs",
         render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(), YamlRenderPlugin()],
@@ -68,6 +105,8 @@ def create_app(runtime: Runtime) -> Litestar:
         before_send=[count_unmatched],
         openapi_config=openapi_config(),
         state=State({"runtime": runtime}),
+        request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        request_class=_Request,
         # Logging is configured once per process by the entry point, not by each app instance.
         logging_config=None,
         debug=False,

@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from common_operations.domain.errors import DomainError, ErrorKind
+from common_operations.domain.errors import DomainError, ErrorKind, RateLimited
 from common_operations.web.schemas import FieldError, ProblemDetails
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,10 @@ def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> R
         errors = [FieldError(field=str(field), message=exc.message)]
     if status >= 500 and exc.kind is ErrorKind.INTERNAL:
         logger.error("internal domain error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(request, status, exc.code, exc.message, errors=errors, details=details)
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
+    return problem(request, status, exc.code, exc.message, errors=errors, details=details, headers=headers)
 
 
 def _field_errors(extra: dict[str, Any] | list[Any] | None) -> list[FieldError]:

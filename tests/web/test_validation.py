@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from common_operations.bootstrap import Runtime
+from common_operations.domain.errors import RateLimited
+from common_operations.domain.task import (
+    MAX_ENTITY_TYPE_LENGTH,
+    MAX_FILE_NAME_LENGTH,
+    MAX_PARAMS_BYTES,
+    MAX_PARAMS_DEPTH,
+    MAX_REQUESTED_BY_LENGTH,
+    MAX_TASK_TYPE_LENGTH,
+)
+from common_operations.web.app import MAX_REQUEST_BODY_BYTES
 from tests.web.support import TASKS, Client, assert_problem, create, report
 
 
@@ -153,3 +167,140 @@ async def test_bad_progress_reports(api: Client, who: str) -> None:
     # None of the rejected reports changed the task.
     task = (await api.get(f"{TASKS}/{task['id']}")).json()["task"]
     assert (task["status"], task["processedRecords"], task["totalRecords"]) == ("pending", 0, 0)
+
+
+# --- limits (issue §7: no input gets a 5xx) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "limit"),
+    [
+        pytest.param("taskType", MAX_TASK_TYPE_LENGTH, id="taskType"),
+        pytest.param("entityType", MAX_ENTITY_TYPE_LENGTH, id="entityType"),
+        pytest.param("requestedBy", MAX_REQUESTED_BY_LENGTH, id="requestedBy"),
+        pytest.param("fileName", MAX_FILE_NAME_LENGTH, id="fileName"),
+    ],
+)
+async def test_text_longer_than_its_column_is_400_not_500(api: Client, field: str, limit: int) -> None:
+    # An entityType of 101 characters used to reach the varchar(100) INSERT and answer 500.
+    problem = assert_problem(
+        await api.post(TASKS, json={"taskType": "process", field: "x" * (limit + 1)}),
+        400,
+        "VALIDATION_FAILED",
+    )
+    assert field_names(problem) == {field}, problem
+
+
+async def test_text_at_its_column_length_is_accepted(api: Client, who: str) -> None:
+    task = await create(
+        api, who, entityType="e" * MAX_ENTITY_TYPE_LENGTH, fileName="f" * MAX_FILE_NAME_LENGTH
+    )
+    assert len(task["entityType"]) == MAX_ENTITY_TYPE_LENGTH
+
+
+async def test_caller_name_longer_than_requested_by_is_cut_to_the_column(api: Client) -> None:
+    # requestedBy defaults to the x-user-id header, which the identity layer cuts to the column.
+    resp = await api.post(TASKS, json={"taskType": "process"}, headers={"x-user-id": "u" * 1000})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["task"]["requestedBy"] == "u" * MAX_REQUESTED_BY_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("name", "limit"),
+    [("taskType", MAX_TASK_TYPE_LENGTH), ("entityType", MAX_ENTITY_TYPE_LENGTH), ("requestedBy", 255)],
+)
+async def test_list_filter_longer_than_its_column_is_400(api: Client, name: str, limit: int) -> None:
+    problem = assert_problem(await api.get(TASKS, params={name: "x" * (limit + 1)}), 400, "VALIDATION_FAILED")
+    assert field_names(problem) == {name}
+    assert (await api.get(TASKS, params={name: "x" * limit})).status_code == 200
+
+
+async def test_params_over_the_size_limit_is_413_naming_params(api: Client) -> None:
+    params = json.dumps({"blob": "x" * MAX_PARAMS_BYTES})
+    problem = assert_problem(
+        await api.post(TASKS, json={"taskType": "process", "params": params}), 413, "PAYLOAD_TOO_LARGE"
+    )
+    assert field_names(problem) == {"params"}
+    assert problem["details"]["limit"] == MAX_PARAMS_BYTES
+
+
+async def test_params_nested_too_deeply_is_400(api: Client) -> None:
+    # The params object is level 1: MAX_PARAMS_DEPTH objects inside it are one level too many.
+    deep = '{"a":' * (MAX_PARAMS_DEPTH + 1) + "1" + "}" * (MAX_PARAMS_DEPTH + 1)
+    problem = assert_problem(
+        await api.post(TASKS, json={"taskType": "process", "params": deep}), 400, "VALIDATION_FAILED"
+    )
+    assert field_names(problem) == {"params"}
+    # Far beyond Python's recursion limit: still a 400, not a RecursionError.
+    deeper = '{"a":' + "[" * 200_000 + "]" * 200_000 + "}"
+    assert_problem(
+        await api.post(TASKS, json={"taskType": "process", "params": deeper}), 400, "VALIDATION_FAILED"
+    )
+
+
+@pytest.mark.parametrize("depth", [33, 500, 900, 990, 1_000, 100_000])
+async def test_body_nested_at_any_depth_is_400_not_500(api: Client, depth: int) -> None:
+    # msgspec recurses per level: near or past Python's recursion limit it raised RecursionError.
+    nested = b"[" * depth + b"]" * depth
+    body = b'{"taskType":"process","params":{"a":' + nested + b"}}"
+    resp = await api.post(TASKS, content=body, headers={"content-type": "application/json"})
+    assert_problem(resp, 400, "VALIDATION_FAILED")
+    resp = await api.patch(
+        f"{TASKS}/{uuid.uuid4()}/progress", content=nested, headers={"content-type": "application/json"}
+    )
+    assert_problem(resp, 400, "VALIDATION_FAILED")
+
+
+async def test_body_over_one_mebibyte_is_413_problem(api: Client) -> None:
+    body = json.dumps({"taskType": "process", "params": {"blob": "x" * MAX_REQUEST_BODY_BYTES}})
+    resp = await api.post(TASKS, content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(resp, 413, "PAYLOAD_TOO_LARGE")
+    assert problem["instance"] == TASKS
+    # Without a content-length (chunked): refused once the streamed bytes pass the limit.
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body.encode()
+
+    resp = await api.post(TASKS, content=chunks(), headers={"content-type": "application/json"})
+    assert_problem(resp, 413, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("0001-01-01T00:00:00+01:00", id="year-1-east-of-utc"),
+        pytest.param("9999-12-31T23:30:00-01:00", id="year-9999-west-of-utc"),
+    ],
+)
+async def test_instants_outside_utc_years_1_to_9999_are_400(api: Client, value: str) -> None:
+    problem = assert_problem(
+        await api.post(TASKS, json={"taskType": "process", "scheduledAt": value}), 400, "VALIDATION_FAILED"
+    )
+    assert field_names(problem) == {"scheduledAt"}
+    for name in ("startDate", "endDate"):
+        problem = assert_problem(await api.get(TASKS, params={name: value}), 400, "VALIDATION_FAILED")
+        assert field_names(problem) == {name}
+
+
+async def test_page_beyond_int32_is_400_not_an_offset_overflow(api: Client, who: str) -> None:
+    for page in (2**31, 10**30):
+        problem = assert_problem(await api.get(TASKS, params={"page": page}), 400, "VALIDATION_FAILED")
+        assert field_names(problem) == {"page"}
+    task = await create(api, who)
+    for kind in ("logs", "events"):
+        assert_problem(
+            await api.get(f"{TASKS}/{task['id']}/{kind}", params={"page": 10**30}), 400, "VALIDATION_FAILED"
+        )
+
+
+async def test_rate_limited_is_429_with_retry_after_in_whole_seconds(
+    api: Client, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def limited(*args: object) -> None:
+        raise RateLimited("Temporal is busy; try again shortly", retry_after=2.2)
+
+    monkeypatch.setattr(runtime.tasks, "list_tasks", limited)
+    resp = await api.get(TASKS)
+    problem = assert_problem(resp, 429, "RATE_LIMITED")
+    assert resp.headers["retry-after"] == "3"  # rounded up: never back before the limit passed
+    assert "busy" in problem["detail"]
