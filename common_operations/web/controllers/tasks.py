@@ -48,10 +48,14 @@ class TaskController(Controller):
         "/tasks",
         operation_id="CreateTask",
         summary="Create a task and start its workflow",
-        responses=problem_responses(400, 503),
+        responses=problem_responses(400, 413, 429, 503),
     )
     async def create_task(self, data: JSONBody[CreateTaskRequest], call: Call) -> TaskResponse:
-        """Record a task; ``requestedBy`` defaults to the caller, a future ``scheduledAt`` schedules it."""
+        """Record a task; ``requestedBy`` defaults to the caller, a future ``scheduledAt`` schedules it.
+
+        ``params`` is at most 64 KiB as compact UTF-8 JSON (413 ``PAYLOAD_TOO_LARGE`` beyond) and at most
+        32 levels deep, the params object itself being level 1 (400 beyond).
+        """
         return mapping.task_response(
             await call.tasks.create_task(call.principal, mapping.create_command(data))
         )
@@ -117,7 +121,7 @@ class TaskController(Controller):
         operation_id="CancelTask",
         summary="Cancel a scheduled, pending or processing task",
         status_code=200,
-        responses=problem_responses(400, 404, 409, 503),
+        responses=problem_responses(400, 404, 409, 413, 429, 503),
     )
     async def cancel_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
         """Cancel through the workflow; answers the task once its cleanup ran (or the wait ended)."""
@@ -128,7 +132,7 @@ class TaskController(Controller):
         operation_id="RetryTask",
         summary="Start a new run of a failed task",
         status_code=200,
-        responses=problem_responses(400, 404, 409, 503),
+        responses=problem_responses(400, 404, 409, 413, 429, 503),
     )
     async def retry_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
         """Allowed from ``failed`` while ``retryCount < maxRetries``."""
@@ -138,7 +142,7 @@ class TaskController(Controller):
         TASK + "/progress",
         operation_id="UpdateTaskProgress",
         summary="Report progress of an externally processed task",
-        responses=problem_responses(400, 404, 409, 503),
+        responses=problem_responses(400, 404, 409, 413, 429, 503),
     )
     async def update_progress(
         self, task_id: FromPath[str], data: JSONBody[UpdateProgressRequest], call: Call
