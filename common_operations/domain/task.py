@@ -36,6 +36,8 @@ MAX_ERROR_LENGTH = 4000
 # nesting (the params object itself is depth 1).
 MAX_PARAMS_BYTES = 64 * 1024
 MAX_PARAMS_DEPTH = 32
+MAX_REPORT_ID_LENGTH = 200
+MAX_REASON_LENGTH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,12 +370,34 @@ def validate_create(cmd: CreateTask) -> CreateTask:
     return validated
 
 
-def validate_report_shape(report: ProgressReport) -> None:
-    """Checks that need no knowledge of the task: signs and internal consistency.
+def parse_cancel_reason(raw: str | None) -> str | None:
+    """The reason given for a cancellation, trimmed; empty means none (proto3 cannot tell them apart).
 
     Raises:
-        ValidationFailed: a negative count, or parts larger than the whole.
+        ValidationFailed: longer than :data:`MAX_REASON_LENGTH` characters, or not storable text.
     """
+    if raw is None:
+        return None
+    _reject_nul(raw, "reason")
+    reason = raw.strip()
+    _check_length(reason, "reason", MAX_REASON_LENGTH)
+    return reason or None
+
+
+def validate_report_shape(report: ProgressReport) -> None:
+    """Checks that need no knowledge of the task: signs, lengths and the idempotency key.
+
+    Raises:
+        ValidationFailed: a negative count, an over-long text, or a ``reportId`` that is empty, longer
+            than :data:`MAX_REPORT_ID_LENGTH` characters or not printable.
+    """
+    if report.report_id is not None and not (
+        # It becomes the Temporal Update id, shown in the Web UI and history: printable text only.
+        0 < len(report.report_id) <= MAX_REPORT_ID_LENGTH and report.report_id.isprintable()
+    ):
+        raise ValidationFailed(
+            f"reportId must be 1 to {MAX_REPORT_ID_LENGTH} printable characters", field="reportId"
+        )
     for name, value in (
         ("processedRecords", report.processed_records),
         ("successRecords", report.success_records),
