@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from common_operations.domain.errors import ValidationFailed
+from common_operations.domain.json_text import json_text
 from common_operations.domain.status import parse_status
 from common_operations.domain.task import (
     CreateTask,
@@ -82,14 +83,17 @@ def create_task(request: pb.CreateTaskRequest) -> CreateTask:
     """The create command carried by ``request``; unset fields take the domain's defaults.
 
     Raises:
-        ValidationFailed: ``params`` holds NaN or infinity, or ``params_json`` is not a JSON object.
+        ValidationFailed: ``params_object`` holds NaN or infinity, or ``params`` (``params_json``) is
+            not a JSON object.
     """
     which = request.WhichOneof("params_input")
-    if which == "params":
+    if which == "params_object":
         try:
-            params = struct_to_dict(request.params)
+            params = struct_to_dict(request.params_object)
         except ValueError as exc:  # NaN or infinity: a Struct can hold them, JSON cannot
-            raise ValidationFailed(f"params is not valid JSON: {exc}", field="params") from exc
+            raise ValidationFailed(f"paramsObject is not valid JSON: {exc}", field="paramsObject") from exc
+    elif which == "params":
+        params = parse_params(request.params)
     elif which == "params_json":
         params = parse_params(request.params_json)
     else:
@@ -149,9 +153,11 @@ def progress_report(request: pb.UpdateTaskProgressRequest) -> ProgressReport:
         success_records=r.success_records if r.HasField("success_records") else None,
         failed_records=r.failed_records if r.HasField("failed_records") else None,
         total_records=r.total_records if r.HasField("total_records") else None,
-        error_message=request.error_message if request.HasField("error_message") else None,
-        is_completed=request.is_completed,
-        message=request.message if request.HasField("message") else None,
+        error_message=r.error_message if r.HasField("error_message") else None,
+        is_completed=r.is_completed,
+        message=r.message if r.HasField("message") else None,
+        report_id=r.report_id if r.HasField("report_id") else None,
+        increment=r.increment,
     )
 
 
@@ -167,7 +173,8 @@ def task_to_proto(task: Task) -> pb.Task:
         status=task.status.value,
         priority=task.priority,
         requested_by=task.requested_by,
-        params=dict_to_struct(task.params),
+        params=json_text(task.params),
+        params_object=dict_to_struct(task.params),
         file_name=task.file_name,
         file_size=task.file_size,
         input_file_url=task.input_file_url,
@@ -185,6 +192,7 @@ def task_to_proto(task: Task) -> pb.Task:
         max_retries=task.max_retries,
         created_at=timestamp(task.created_at),
         updated_at=timestamp(task.updated_at),
+        next_retry_at=timestamp(task.next_retry_at),
     )
 
 
@@ -203,11 +211,13 @@ def log_page(page: Page[TaskLog]) -> pb.GetTaskLogsResponse:
     return pb.GetTaskLogsResponse(
         logs=[
             pb.TaskLog(
+                id=log.id,
                 task_id=str(log.task_id),
                 seq=log.seq,
                 level=log.level,
                 message=log.message,
                 created_at=timestamp(log.created_at),
+                details=log.details,
             )
             for log in page.items
         ],
@@ -230,6 +240,7 @@ def event_page(page: Page[TaskEvent]) -> pb.GetTaskEventsResponse:
                 payload=dict_to_struct(event.payload),
                 created_at=timestamp(event.created_at),
                 published_at=timestamp(event.published_at),
+                event_data=json_text(event.payload),
             )
             for event in page.items
         ],
@@ -242,7 +253,7 @@ def event_page(page: Page[TaskEvent]) -> pb.GetTaskEventsResponse:
 def download_url(url: DownloadUrl) -> pb.GetDownloadUrlResponse:
     """Where the output can be downloaded."""
     return pb.GetDownloadUrlResponse(
-        url=url.url, file_name=url.file_name, expires_at=timestamp(url.expires_at)
+        download_url=url.url, file_name=url.file_name, expires_at=timestamp(url.expires_at)
     )
 
 

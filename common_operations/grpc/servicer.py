@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing_extensions import override
 
 from common_operations.domain.principal import Principal
-from common_operations.domain.task import parse_task_id
+from common_operations.domain.task import parse_cancel_reason, parse_task_id
 from common_operations.grpc import mapping
 from common_operations.grpc.errors import Context, grpc_errors
 from common_operations.grpc.v1 import operations_pb2 as pb
@@ -37,13 +37,14 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.CreateTaskResponse:
         """Record a task and start its workflow."""
         task = await self._tasks.create_task(caller(context), mapping.create_task(request))
+        # upload_url stays unset until the file-storage feature issues upload URLs.
         return pb.CreateTaskResponse(task=mapping.task_to_proto(task))
 
     @override
     @grpc_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         """One task by id."""
-        task = await self._tasks.get_task(caller(context), parse_task_id(request.task_id))
+        task = await self._tasks.get_task(caller(context), parse_task_id(request.id))
         return pb.GetTaskResponse(task=mapping.task_to_proto(task))
 
     @override
@@ -56,15 +57,17 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     @override
     @grpc_errors
     async def CancelTask(self, request: pb.CancelTaskRequest, context: Context) -> pb.CancelTaskResponse:
-        """Cancel a scheduled, pending or processing task."""
-        task = await self._tasks.cancel_task(caller(context), parse_task_id(request.task_id))
-        return pb.CancelTaskResponse(task=mapping.task_to_proto(task))
+        """Cancel a scheduled, pending or processing task, for ``reason`` if given."""
+        task = await self._tasks.cancel_task(
+            caller(context), parse_task_id(request.id), parse_cancel_reason(request.reason)
+        )
+        return pb.CancelTaskResponse(task=mapping.task_to_proto(task), success=True)
 
     @override
     @grpc_errors
     async def RetryTask(self, request: pb.RetryTaskRequest, context: Context) -> pb.RetryTaskResponse:
         """Start a new run of a failed task."""
-        task = await self._tasks.retry_task(caller(context), parse_task_id(request.task_id))
+        task = await self._tasks.retry_task(caller(context), parse_task_id(request.id))
         return pb.RetryTaskResponse(task=mapping.task_to_proto(task))
 
     @override
@@ -76,7 +79,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
         task = await self._tasks.update_progress(
             caller(context), parse_task_id(request.task_id), mapping.progress_report(request)
         )
-        return pb.UpdateTaskProgressResponse(task=mapping.task_to_proto(task))
+        return pb.UpdateTaskProgressResponse(task=mapping.task_to_proto(task), success=True)
 
     @override
     @grpc_errors
@@ -111,8 +114,8 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     @grpc_errors
     async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Context) -> pb.DeleteTaskResponse:
         """Delete a completed, failed or cancelled task."""
-        await self._tasks.delete_task(caller(context), parse_task_id(request.task_id))
-        return pb.DeleteTaskResponse()
+        await self._tasks.delete_task(caller(context), parse_task_id(request.id))
+        return pb.DeleteTaskResponse(success=True)
 
     @override
     @grpc_errors

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
+from common_operations.domain.errors import ValidationFailed
+from common_operations.domain.json_text import json_text
 from common_operations.domain.task import (
     CreateTask,
     Page,
@@ -10,10 +14,14 @@ from common_operations.domain.task import (
     TaskEvent,
     TaskLog,
     parse_params,
+    parse_task_id,
 )
 from common_operations.services.tasks import DownloadUrl, HealthReport
 from common_operations.web.schemas import (
+    CancelTaskResponse,
     CreateTaskRequest,
+    CreateTaskResponse,
+    DeleteTaskResponse,
     DownloadUrlResponse,
     HealthResponse,
     TaskEventOut,
@@ -24,22 +32,40 @@ from common_operations.web.schemas import (
     TaskOut,
     TaskResponse,
     UpdateProgressRequest,
+    UpdateTaskProgressResponse,
 )
+
+
+def task_id(path: str, body: str | None, name: str) -> uuid.UUID:
+    """The task id of the path, which an id repeated in the body (``name``) must equal.
+
+    Seed clients send the id in the body as well as in the path (gRPC-Gateway's ``body: "*"``).
+
+    Raises:
+        ValidationFailed: either is not a UUID, or they name different tasks.
+    """
+    parsed = parse_task_id(path)
+    if body is not None and parse_task_id(body) != parsed:
+        raise ValidationFailed(f"{name} {body!r} in the body differs from the path's {path!r}", field=name)
+    return parsed
 
 
 def create_command(body: CreateTaskRequest) -> CreateTask:
     """The domain command of a create request.
 
     Raises:
-        ValidationFailed: ``params`` is a string that is not a JSON object.
+        ValidationFailed: ``params`` is a string that is not a JSON object, or both ``params`` and
+            ``paramsObject`` are given (they are one oneof in gRPC).
     """
+    if body.params is not None and body.params_object is not None:
+        raise ValidationFailed("give params or paramsObject, not both", field="paramsObject")
     return CreateTask(
         task_type=body.task_type,
         entity_type=body.entity_type,
         # Empty lets the service default it to the caller.
         requested_by=body.requested_by or "",
         priority=body.priority,
-        params=parse_params(body.params),
+        params=parse_params(body.params if body.params_object is None else body.params_object),
         file_name=body.file_name,
         file_size=body.file_size,
         scheduled_at=body.scheduled_at,
@@ -57,6 +83,8 @@ def progress_report(body: UpdateProgressRequest) -> ProgressReport:
         error_message=body.error_message,
         is_completed=body.is_completed,
         message=body.message,
+        report_id=body.report_id,
+        increment=body.increment,
     )
 
 
@@ -69,7 +97,8 @@ def task_out(task: Task) -> TaskOut:
         status=task.status,
         priority=task.priority,
         requested_by=task.requested_by,
-        params=task.params,
+        params=json_text(task.params),
+        params_object=task.params,
         file_name=task.file_name,
         file_size=task.file_size,
         input_file_url=task.input_file_url,
@@ -87,12 +116,33 @@ def task_out(task: Task) -> TaskOut:
         max_retries=task.max_retries,
         created_at=task.created_at,
         updated_at=task.updated_at,
+        next_retry_at=task.next_retry_at,
     )
 
 
 def task_response(task: Task) -> TaskResponse:
     """``{"task": {...}}``."""
     return TaskResponse(task=task_out(task))
+
+
+def created_response(task: Task) -> CreateTaskResponse:
+    """The created task; no upload URL until the file-storage feature issues them."""
+    return CreateTaskResponse(task=task_out(task), upload_url=None, upload_url_expires_at=None)
+
+
+def cancelled_response(task: Task) -> CancelTaskResponse:
+    """``{"success": true, "task": {...}}``."""
+    return CancelTaskResponse(success=True, task=task_out(task))
+
+
+def progress_response(task: Task) -> UpdateTaskProgressResponse:
+    """``{"success": true, "task": {...}}``."""
+    return UpdateTaskProgressResponse(success=True, task=task_out(task))
+
+
+def deleted_response() -> DeleteTaskResponse:
+    """``{"success": true}``."""
+    return DeleteTaskResponse(success=True)
 
 
 def task_list(page: Page[Task]) -> TaskListResponse:
@@ -107,10 +157,12 @@ def log_list(page: Page[TaskLog]) -> TaskLogsResponse:
     return TaskLogsResponse(
         logs=[
             TaskLogOut(
+                id=log.id,
                 task_id=log.task_id,
                 seq=log.seq,
                 level=log.level,
                 message=log.message,
+                details=log.details,
                 created_at=log.created_at,
             )
             for log in page.items
@@ -131,6 +183,7 @@ def event_list(page: Page[TaskEvent]) -> TaskEventsResponse:
                 seq=event.seq,
                 event_type=event.event_type,
                 status=event.status,
+                event_data=json_text(event.payload),
                 payload=event.payload,
                 created_at=event.created_at,
                 published_at=event.published_at,
@@ -145,7 +198,9 @@ def event_list(page: Page[TaskEvent]) -> TaskEventsResponse:
 
 def download_response(download: DownloadUrl) -> DownloadUrlResponse:
     """Where the output can be fetched."""
-    return DownloadUrlResponse(url=download.url, file_name=download.file_name, expires_at=download.expires_at)
+    return DownloadUrlResponse(
+        download_url=download.url, file_name=download.file_name, expires_at=download.expires_at
+    )
 
 
 def health_response(report: HealthReport, *, show_degraded: bool = False) -> HealthResponse:

@@ -1,5 +1,10 @@
 """Request and response bodies of the REST API (lowerCamelCase JSON, seed field names of DESIGN.md §4).
 
+Every body is the proto3 JSON mapping of the gRPC message of the same role
+(protos/common_operations/grpc/v1/operations.proto), so the original service's clients
+(../shared/notes/seed-contract.md) read the same names, types and shapes through either API;
+tests/web/test_contract.py pins the keys.
+
 These are transport types only: they decode JSON into Python types and nothing more. Ranges and
 cross-field rules are checked by the domain and service layer, so REST and gRPC agree on them.
 """
@@ -30,7 +35,8 @@ class Schema(msgspec.Struct, rename="camel", kw_only=True):
 class CreateTaskRequest(Schema):
     """Body of ``POST /api/v1/operations/tasks``.
 
-    ``params`` is accepted as a JSON object or as a string holding one (seed clients send strings).
+    ``params`` is a string holding a JSON object (as seed clients send it) or the object itself;
+    ``paramsObject`` (the gRPC field of that name) is the object only. Give one of them at most.
     Omitted ``requestedBy`` defaults to the caller; omitted ``maxRetries`` to the service default.
     """
 
@@ -39,6 +45,7 @@ class CreateTaskRequest(Schema):
     requested_by: str | None = None
     priority: Int32 = 0
     params: dict[str, Any] | str | None = None
+    params_object: dict[str, Any] | None = None
     file_name: str | None = None
     file_size: Int64 | None = None
     scheduled_at: datetime | None = None
@@ -46,8 +53,14 @@ class CreateTaskRequest(Schema):
 
 
 class UpdateProgressRequest(Schema):
-    """Body of ``PATCH /api/v1/operations/tasks/{taskId}/progress``; an omitted count is unchanged."""
+    """Body of ``PATCH /api/v1/operations/tasks/{taskId}/progress``; an omitted count is unchanged.
 
+    ``taskId`` may be repeated in the body (seed clients send it); it must then name the path's task.
+    With ``increment`` the processed, success and failed counts are added to the task's instead of
+    replacing them. ``reportId`` makes the report idempotent (at most 200 printable characters).
+    """
+
+    task_id: str | None = None
     processed_records: Int64 | None = None
     success_records: Int64 | None = None
     failed_records: Int64 | None = None
@@ -55,6 +68,25 @@ class UpdateProgressRequest(Schema):
     error_message: str | None = None
     is_completed: bool = False
     message: str | None = None
+    report_id: str | None = None
+    increment: bool = False
+
+
+class CancelTaskRequest(Schema):
+    """Body of ``POST /api/v1/operations/tasks/{id}/cancel`` (optional).
+
+    ``id`` repeats the path's task id (seed clients send it) and must then match it; ``reason`` (at
+    most 1000 characters) is recorded in the task's event and log line and passed to Temporal.
+    """
+
+    id: str | None = None
+    reason: str | None = None
+
+
+class RetryTaskRequest(Schema):
+    """Body of ``POST /api/v1/operations/tasks/{id}/retry`` (optional); ``id`` must match the path's."""
+
+    id: str | None = None
 
 
 # --- responses ------------------------------------------------------------------------------------
@@ -69,7 +101,9 @@ class TaskOut(Schema):
     status: TaskStatus
     priority: int
     requested_by: str
-    params: dict[str, Any]
+    # A JSON object encoded as a string, as the seed API has it; paramsObject is the same object.
+    params: str
+    params_object: dict[str, Any]
     file_name: str | None
     file_size: int | None
     input_file_url: str | None
@@ -87,12 +121,48 @@ class TaskOut(Schema):
     max_retries: int
     created_at: datetime | None
     updated_at: datetime | None
+    next_retry_at: datetime | None
 
 
 class TaskResponse(Schema):
     """One task, wrapped as the seed API does (``{"task": {...}}``)."""
 
     task: TaskOut
+
+
+class CreateTaskResponse(Schema):
+    """The created task and where to upload its input file.
+
+    ``uploadUrl`` and ``uploadUrlExpiresAt`` are set by the file-storage feature, which does not exist
+    yet: ``null`` until then.
+    """
+
+    task: TaskOut
+    upload_url: str | None
+    upload_url_expires_at: datetime | None
+
+
+class CancelTaskResponse(Schema):
+    """The task once its cleanup ran (or the wait for it ended).
+
+    ``success`` is always true in a 2xx answer (the seed's only field); a refusal is a problem.
+    """
+
+    success: bool
+    task: TaskOut
+
+
+class UpdateTaskProgressResponse(Schema):
+    """The task after the report; ``success`` is always true in a 2xx answer (the seed's only field)."""
+
+    success: bool
+    task: TaskOut
+
+
+class DeleteTaskResponse(Schema):
+    """``{"success": true}``; a refused deletion is a problem."""
+
+    success: bool
 
 
 class TaskListResponse(Schema):
@@ -105,12 +175,14 @@ class TaskListResponse(Schema):
 
 
 class TaskLogOut(Schema):
-    """One log line of a task."""
+    """One log line of a task; ``details`` is a JSON document encoded as a string, or null."""
 
+    id: int
     task_id: uuid.UUID
     seq: int
     level: str
     message: str
+    details: str | None
     created_at: datetime
 
 
@@ -124,13 +196,14 @@ class TaskLogsResponse(Schema):
 
 
 class TaskEventOut(Schema):
-    """One event of a task's history."""
+    """One event of a task's history; ``eventData`` is ``payload`` as compact JSON text (seed)."""
 
     id: int
     task_id: uuid.UUID
     seq: int
     event_type: str
     status: TaskStatus
+    event_data: str
     payload: dict[str, Any]
     created_at: datetime
     published_at: datetime | None
@@ -146,9 +219,9 @@ class TaskEventsResponse(Schema):
 
 
 class DownloadUrlResponse(Schema):
-    """Where a task's output file can be fetched."""
+    """Where a task's output file can be fetched; ``expiresAt`` null: the URL does not expire."""
 
-    url: str
+    download_url: str
     file_name: str | None
     expires_at: datetime | None
 

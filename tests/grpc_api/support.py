@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
 import grpc
 import grpc.aio
 import pytest
@@ -43,7 +44,7 @@ async def create(stub: OperationsServiceAsyncStub, task_type: str = "process", *
 
 async def get(stub: OperationsServiceAsyncStub, task_id: str) -> pb.Task:
     """The task as GetTask returns it."""
-    return (await stub.GetTask(pb.GetTaskRequest(task_id=task_id), metadata=ALICE)).task
+    return (await stub.GetTask(pb.GetTaskRequest(id=task_id), metadata=ALICE)).task
 
 
 async def report(stub: OperationsServiceAsyncStub, task_id: str, **fields: Any) -> pb.Task:
@@ -75,3 +76,19 @@ def reading(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
         return read()
 
     return probe
+
+
+async def record_output(database_url: str, task_id: str, url: str) -> None:
+    """Give a task an output file in the mirror, as a handler that writes one would.
+
+    No task type behind the API writes output files yet; the row is changed directly (the write
+    path of the mirror is not what the tests using this are about).
+    """
+    conn = await asyncpg.connect(database_url)
+    try:
+        status = await conn.execute(
+            "UPDATE tasks SET output_file_url = $1 WHERE id = $2", url, uuid.UUID(task_id)
+        )
+    finally:
+        await conn.close()
+    assert status == "UPDATE 1", status

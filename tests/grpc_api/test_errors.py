@@ -34,10 +34,10 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 TaskIdCall = Callable[["OperationsServiceAsyncStub", str], Awaitable[Any]]
 
 TASK_ID_CALLS: dict[str, TaskIdCall] = {
-    "GetTask": lambda s, i: s.GetTask(pb.GetTaskRequest(task_id=i), metadata=ALICE),
-    "CancelTask": lambda s, i: s.CancelTask(pb.CancelTaskRequest(task_id=i), metadata=ALICE),
-    "RetryTask": lambda s, i: s.RetryTask(pb.RetryTaskRequest(task_id=i), metadata=ALICE),
-    "DeleteTask": lambda s, i: s.DeleteTask(pb.DeleteTaskRequest(task_id=i), metadata=ALICE),
+    "GetTask": lambda s, i: s.GetTask(pb.GetTaskRequest(id=i), metadata=ALICE),
+    "CancelTask": lambda s, i: s.CancelTask(pb.CancelTaskRequest(id=i), metadata=ALICE),
+    "RetryTask": lambda s, i: s.RetryTask(pb.RetryTaskRequest(id=i), metadata=ALICE),
+    "DeleteTask": lambda s, i: s.DeleteTask(pb.DeleteTaskRequest(id=i), metadata=ALICE),
     "UpdateTaskProgress": lambda s, i: s.UpdateTaskProgress(
         pb.UpdateTaskProgressRequest(task_id=i, processed_records=1), metadata=ALICE
     ),
@@ -79,6 +79,8 @@ async def test_unknown_task_type_lists_the_allowed_ones(stub: OperationsServiceA
     ("fields", "needle"),
     [
         ({"task_type": ""}, "taskType is required"),
+        ({"params": "[1, 2]"}, "params must be a JSON object"),
+        ({"params": "{not json"}, "params is not valid JSON"),
         ({"params_json": "[1, 2]"}, "params must be a JSON object"),
         ({"params_json": "{not json"}, "params is not valid JSON"),
         ({"max_retries": 101}, "maxRetries"),
@@ -103,6 +105,9 @@ async def test_bad_create_requests(
         ({"failed_records": -1}, "failedRecords must not be negative"),
         ({"total_records": 5, "processed_records": 6}, "exceeds totalRecords"),
         ({"processed_records": 2, "success_records": 2, "failed_records": 1}, "exceeds processedRecords"),
+        ({"processed_records": 1, "report_id": "r" * 201}, "reportId"),
+        ({"processed_records": 1, "report_id": "line\nbreak"}, "reportId"),
+        ({"processed_records": 1, "report_id": ""}, "reportId"),
     ],
 )
 async def test_bad_progress_reports(
@@ -112,7 +117,7 @@ async def test_bad_progress_reports(
     err = await expect_error(report(stub, task.id, **fields), INVALID, "VALIDATION_FAILED")
     assert needle in (err.details() or "")
     # A rejected report changes nothing.
-    after = (await stub.GetTask(pb.GetTaskRequest(task_id=task.id), metadata=ALICE)).task
+    after = (await stub.GetTask(pb.GetTaskRequest(id=task.id), metadata=ALICE)).task
     assert after.status == "pending" and after.processed_records == 0
 
 
@@ -181,7 +186,7 @@ async def test_unexpected_errors_are_internal_without_details(
 
     monkeypatch.setattr(runtime.tasks, "get_task", broken)
     err = await expect_error(
-        stub.GetTask(pb.GetTaskRequest(task_id=str(uuid.uuid4())), metadata=ALICE),
+        stub.GetTask(pb.GetTaskRequest(id=str(uuid.uuid4())), metadata=ALICE),
         grpc.StatusCode.INTERNAL,
         "INTERNAL",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -9,14 +10,10 @@ import grpc
 from google.protobuf import json_format, timestamp_pb2
 from temporalio.client import Client
 
-from common_operations.bootstrap import Runtime
-from common_operations.domain.status import TaskStatus
-from common_operations.domain.task import parse_task_id
 from common_operations.grpc.mapping import struct_to_dict
 from common_operations.grpc.v1 import operations_pb2 as pb
-from common_operations.services.tasks import snapshot_write
 from tests.delegates import delegate_worker
-from tests.grpc_api.support import ALICE, create, expect_error, get, reading, report, struct
+from tests.grpc_api.support import ALICE, create, expect_error, get, reading, record_output, report, struct
 from tests.helpers import assert_eventually
 
 if TYPE_CHECKING:
@@ -24,10 +21,11 @@ if TYPE_CHECKING:
 
 
 async def test_external_task_reports_progress_and_completes(stub: OperationsServiceAsyncStub) -> None:
-    task = await create(stub, params=struct({"catalog": "summer", "batch": 7}), file_name="products.csv")
+    task = await create(stub, params='{"catalog": "summer", "batch": 7}', file_name="products.csv")
     assert task.status == "pending"
     assert task.requested_by == "alice"
-    assert struct_to_dict(task.params) == {"catalog": "summer", "batch": 7}
+    assert json.loads(task.params) == {"catalog": "summer", "batch": 7}
+    assert struct_to_dict(task.params_object) == {"catalog": "summer", "batch": 7}
     assert task.max_retries == 3 and task.retry_count == 0
     assert task.HasField("created_at") and not task.HasField("started_at")
 
@@ -51,6 +49,7 @@ async def test_external_task_reports_progress_and_completes(stub: OperationsServ
     for name in ("taskType", "entityType", "requestedBy", "processedRecords", "progressPercentage"):
         assert name in as_json
     assert as_json["fileName"] == "products.csv"
+    assert json.loads(as_json["params"]) == {"catalog": "summer", "batch": 7}  # a string, as the seed's
 
 
 async def test_logs_and_events_are_in_order_and_paginated(stub: OperationsServiceAsyncStub) -> None:
@@ -71,6 +70,10 @@ async def test_logs_and_events_are_in_order_and_paginated(stub: OperationsServic
     assert events.total == 4
     assert struct_to_dict(events.events[2].payload)["processedRecords"] == 2
     assert all(e.task_id == task.id and e.HasField("created_at") for e in events.events)
+    # The seed's eventData: the payload as compact JSON text.
+    assert all(json.loads(e.event_data) == struct_to_dict(e.payload) for e in events.events)
+    compact = events.events[2].event_data
+    assert json.dumps(json.loads(compact), separators=(",", ":"), ensure_ascii=False) == compact
 
     second = await stub.GetTaskEvents(
         pb.GetTaskEventsRequest(task_id=task.id, page=2, page_size=3), metadata=ALICE
@@ -81,6 +84,8 @@ async def test_logs_and_events_are_in_order_and_paginated(stub: OperationsServic
     logs = await stub.GetTaskLogs(pb.GetTaskLogsRequest(task_id=task.id), metadata=ALICE)
     assert logs.total == 4
     assert [line.seq for line in logs.logs] == [0, 1, 2, 3]
+    ids = [line.id for line in logs.logs]
+    assert ids == sorted(ids) and len(set(ids)) == 4 and all(ids)
     assert "created by alice" in logs.logs[0].message
     assert logs.logs[2].message == "halfway there"
     page = await stub.GetTaskLogs(pb.GetTaskLogsRequest(task_id=task.id, page=1, page_size=2), metadata=ALICE)
@@ -98,7 +103,7 @@ async def test_failed_task_is_retried_until_the_limit(stub: OperationsServiceAsy
     assert task.error_message == "catalog rejected the batch"
     assert task.HasField("completed_at")
 
-    retried = (await stub.RetryTask(pb.RetryTaskRequest(task_id=task.id), metadata=ALICE)).task
+    retried = (await stub.RetryTask(pb.RetryTaskRequest(id=task.id), metadata=ALICE)).task
     assert retried.status == "pending"
     assert retried.retry_count == 1
     assert not retried.HasField("error_message") and not retried.HasField("completed_at")
@@ -110,7 +115,7 @@ async def test_failed_task_is_retried_until_the_limit(stub: OperationsServiceAsy
     assert task.status == "failed"
 
     err = await expect_error(
-        stub.RetryTask(pb.RetryTaskRequest(task_id=task.id), metadata=ALICE),
+        stub.RetryTask(pb.RetryTaskRequest(id=task.id), metadata=ALICE),
         grpc.StatusCode.FAILED_PRECONDITION,
         "RETRY_LIMIT_EXCEEDED",
     )
@@ -122,14 +127,14 @@ async def test_failed_task_is_retried_until_the_limit(stub: OperationsServiceAsy
 async def test_retry_is_refused_unless_the_task_failed(stub: OperationsServiceAsyncStub) -> None:
     pending = await create(stub)
     await expect_error(
-        stub.RetryTask(pb.RetryTaskRequest(task_id=pending.id), metadata=ALICE),
+        stub.RetryTask(pb.RetryTaskRequest(id=pending.id), metadata=ALICE),
         grpc.StatusCode.FAILED_PRECONDITION,
         "INVALID_TRANSITION",
     )
     done = await create(stub)
     await report(stub, done.id, total_records=1, processed_records=1, success_records=1, is_completed=True)
     err = await expect_error(
-        stub.RetryTask(pb.RetryTaskRequest(task_id=done.id), metadata=ALICE),
+        stub.RetryTask(pb.RetryTaskRequest(id=done.id), metadata=ALICE),
         grpc.StatusCode.FAILED_PRECONDITION,
         "INVALID_TRANSITION",
     )
@@ -138,12 +143,14 @@ async def test_retry_is_refused_unless_the_task_failed(stub: OperationsServiceAs
 
 async def test_cancel_pending_task(stub: OperationsServiceAsyncStub) -> None:
     task = await create(stub)
-    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+    answer = await stub.CancelTask(pb.CancelTaskRequest(id=task.id), metadata=ALICE)
+    assert answer.success
+    cancelled = answer.task
     assert cancelled.status == "cancelled"
     assert cancelled.HasField("completed_at")
 
     await expect_error(
-        stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE),
+        stub.CancelTask(pb.CancelTaskRequest(id=task.id), metadata=ALICE),
         grpc.StatusCode.FAILED_PRECONDITION,
         "INVALID_TRANSITION",
     )
@@ -167,7 +174,7 @@ async def test_cancel_scheduled_task(stub: OperationsServiceAsyncStub) -> None:
         grpc.StatusCode.FAILED_PRECONDITION,
         "INVALID_TRANSITION",
     )
-    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(id=task.id), metadata=ALICE)).task
     assert cancelled.status == "cancelled"
     events = await stub.GetTaskEvents(pb.GetTaskEventsRequest(task_id=task.id), metadata=ALICE)
     assert [e.event_type for e in events.events] == ["task.created", "task.cancelled"]
@@ -178,7 +185,7 @@ async def test_cancel_processing_task(stub: OperationsServiceAsyncStub) -> None:
     task = await report(stub, task.id, total_records=100, processed_records=10, success_records=10)
     assert task.status == "processing"
 
-    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+    cancelled = (await stub.CancelTask(pb.CancelTaskRequest(id=task.id), metadata=ALICE)).task
     assert cancelled.status == "cancelled"
     assert cancelled.processed_records == 10  # the progress made before stays visible
 
@@ -193,8 +200,8 @@ async def test_delegated_task_completes(
     stub: OperationsServiceAsyncStub, client: Client, delegate_queue: str
 ) -> None:
     async with delegate_worker(client, delegate_queue) as probe:
-        task = await create(stub, "delegated_echo", params_json='{"records": 5}')
-        assert struct_to_dict(task.params) == {"records": 5}
+        task = await create(stub, "delegated_echo", params_object=struct({"records": 5}))
+        assert struct_to_dict(task.params_object) == {"records": 5}
 
         done = await assert_eventually(lambda: get(stub, task.id), lambda t: t.status == "completed")
     assert probe.started == [task.id]
@@ -217,7 +224,7 @@ async def test_delegated_task_cancelled_while_processing_reaches_the_activity(
             "VALIDATION_FAILED",
         )
 
-        cancelled = (await stub.CancelTask(pb.CancelTaskRequest(task_id=task.id), metadata=ALICE)).task
+        cancelled = (await stub.CancelTask(pb.CancelTaskRequest(id=task.id), metadata=ALICE)).task
         assert cancelled.status == "cancelled"
         await assert_eventually(reading(lambda: list(probe.cancelled)), lambda ids: task.id in ids)
 
@@ -230,11 +237,11 @@ async def test_delete_finished_tasks_but_not_active_ones(stub: OperationsService
     failed = await create(stub)
     await report(stub, failed.id, is_completed=True, error_message="gave up")
     cancelled = await create(stub)
-    await stub.CancelTask(pb.CancelTaskRequest(task_id=cancelled.id), metadata=ALICE)
+    await stub.CancelTask(pb.CancelTaskRequest(id=cancelled.id), metadata=ALICE)
     pending = await create(stub)
 
     for task in (completed, failed, cancelled):
-        await stub.DeleteTask(pb.DeleteTaskRequest(task_id=task.id), metadata=ALICE)
+        assert (await stub.DeleteTask(pb.DeleteTaskRequest(id=task.id), metadata=ALICE)).success
         await expect_error(get(stub, task.id), grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND")
         await expect_error(
             stub.GetTaskEvents(pb.GetTaskEventsRequest(task_id=task.id), metadata=ALICE),
@@ -243,7 +250,7 @@ async def test_delete_finished_tasks_but_not_active_ones(stub: OperationsService
         )
 
     err = await expect_error(
-        stub.DeleteTask(pb.DeleteTaskRequest(task_id=pending.id), metadata=ALICE),
+        stub.DeleteTask(pb.DeleteTaskRequest(id=pending.id), metadata=ALICE),
         grpc.StatusCode.FAILED_PRECONDITION,
         "INVALID_TRANSITION",
     )
@@ -251,7 +258,7 @@ async def test_delete_finished_tasks_but_not_active_ones(stub: OperationsService
     assert (await get(stub, pending.id)).status == "pending"
 
 
-async def test_download_url(stub: OperationsServiceAsyncStub, runtime: Runtime) -> None:
+async def test_download_url(stub: OperationsServiceAsyncStub, database_url: str) -> None:
     task = await create(stub, file_name="export.csv")
     err = await expect_error(
         stub.GetDownloadUrl(pb.GetDownloadUrlRequest(task_id=task.id), metadata=ALICE),
@@ -261,19 +268,44 @@ async def test_download_url(stub: OperationsServiceAsyncStub, runtime: Runtime) 
     assert "no output file" in (err.details() or "")
 
     await report(stub, task.id, total_records=1, processed_records=1, success_records=1, is_completed=True)
-    # No handler behind this API writes output files yet; record one the way the mirror would.
-    current = await runtime.repository.get(parse_task_id(task.id))
-    assert current is not None
-    write = snapshot_write(
-        current,
-        status=TaskStatus.COMPLETED,
-        event="task.output",
-        message="output stored",
-        output_file_url="file:///exports/export.csv",
-    )
-    assert await runtime.repository.apply(write, expect_seq=current.seq)
+    await record_output(database_url, task.id, "file:///exports/export.csv")
 
     url = await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(task_id=task.id), metadata=ALICE)
-    assert url.url == "file:///exports/export.csv"
+    assert url.download_url == "file:///exports/export.csv"
     assert url.file_name == "export.csv"
+    assert not url.HasField("expires_at")
+    assert set(json_format.MessageToDict(url)) == {"downloadUrl", "fileName"}  # seed: downloadUrl
     assert (await get(stub, task.id)).output_file_url == "file:///exports/export.csv"
+
+
+async def test_params_in_each_spelling_read_the_same(stub: OperationsServiceAsyncStub) -> None:
+    params = {"format": "csv", "filters": {"category": ["shoes", "bags"]}, "limit": 500, "name": "été"}
+    as_string = await create(stub, params=json.dumps(params))  # the seed's field
+    as_object = await create(stub, params_object=struct(params))
+    as_alias = await create(stub, params_json=json.dumps(params))  # the earlier proto's alias
+    for task in (as_string, as_object, as_alias, await get(stub, as_string.id)):
+        assert json.loads(task.params) == params
+        assert struct_to_dict(task.params_object) == params
+    assert (await create(stub)).params == "{}"
+
+
+async def test_cancel_reason_is_accepted_and_bounded(stub: OperationsServiceAsyncStub) -> None:
+    task = await create(stub)
+    await expect_error(
+        stub.CancelTask(pb.CancelTaskRequest(id=task.id, reason="x" * 1001), metadata=ALICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "VALIDATION_FAILED",
+    )
+    assert (await get(stub, task.id)).status == "pending"
+    answer = await stub.CancelTask(
+        pb.CancelTaskRequest(id=task.id, reason="catalog import superseded"), metadata=ALICE
+    )
+    assert answer.success and answer.task.status == "cancelled"
+
+
+async def test_progress_answer_carries_success(stub: OperationsServiceAsyncStub) -> None:
+    task = await create(stub)
+    request = pb.UpdateTaskProgressRequest(task_id=task.id, total_records=10, processed_records=2)
+    answer = await stub.UpdateTaskProgress(request, metadata=ALICE)
+    assert answer.success and answer.task.processed_records == 2
+    assert set(json_format.MessageToDict(answer)) == {"success", "task"}

@@ -77,7 +77,7 @@ async def test_metrics_count_requests_by_route_template(api: Client, who: str) -
     text = resp.text
     assert 'common_operations_http_requests_total{method="GET",route="/health/live",status="200"}' in text
     assert (
-        'common_operations_http_requests_total{method="GET",route="/api/v1/operations/tasks/{task_id}",'
+        'common_operations_http_requests_total{method="GET",route="/api/v1/operations/tasks/{id}",'
         'status="404"}' in text
     )
     assert 'common_operations_http_requests_total{method="GET",route="<unmatched>",status="404"}' in text

@@ -6,6 +6,14 @@ Common Operations gRPC API (DESIGN.md §4 and §6).
 Field names are snake_case so that proto3 JSON renders the seed's lowerCamelCase names
 (task_type -> taskType). The folder path mirrors the Python package, so the generated code imports
 itself as common_operations.grpc.v1 without rewriting.
+
+Wire compatibility (../shared/notes/seed-contract.md): the platform's clients were built from the
+original service's proto, whose names, types and shapes are kept here. Additions take new numbers;
+nothing is renamed or retyped. Where this proto once differed from the original, the field was
+renamed in place (same number, same type: binary-compatible) or, when the type had to change, the
+original's type took the number back and the other type moved to a new number (said at the field).
+tests/grpc_api/test_contract.py pins every message's fields and numbers (tests/web/test_contract.py
+the REST JSON).
 """
 
 from collections import abc as _abc
@@ -22,6 +30,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -57,6 +70,8 @@ class Task(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PARAMS_OBJECT_FIELD_NUMBER: _builtins.int
+    NEXT_RETRY_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     task_type: _builtins.str
     entity_type: _builtins.str
@@ -64,6 +79,10 @@ class Task(_message.Message):
     """pending, scheduled, processing, completed, failed or cancelled."""
     priority: _builtins.int
     requested_by: _builtins.str
+    params: _builtins.str
+    """The task's parameters: a JSON object encoded as a string, as in the original proto. (Versions of
+    this proto before the seed contract was restored had a Struct here; it moved to params_object.)
+    """
     file_name: _builtins.str
     file_size: _builtins.int
     input_file_url: _builtins.str
@@ -78,8 +97,6 @@ class Task(_message.Message):
     retry_count: _builtins.int
     max_retries: _builtins.int
     @_builtins.property
-    def params(self) -> _struct_pb2.Struct: ...
-    @_builtins.property
     def scheduled_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -89,6 +106,14 @@ class Task(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def params_object(self) -> _struct_pb2.Struct:
+        """The same parameters as params, as a Struct."""
+
+    @_builtins.property
+    def next_retry_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while the workflow waits to retry a failed attempt by itself (the task type's auto_retry)."""
+
     def __init__(
         self,
         *,
@@ -98,7 +123,7 @@ class Task(_message.Message):
         status: _builtins.str = ...,
         priority: _builtins.int = ...,
         requested_by: _builtins.str = ...,
-        params: _struct_pb2.Struct | None = ...,
+        params: _builtins.str = ...,
         file_name: _builtins.str | None = ...,
         file_size: _builtins.int | None = ...,
         input_file_url: _builtins.str | None = ...,
@@ -116,10 +141,12 @@ class Task(_message.Message):
         max_retries: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        params_object: _struct_pb2.Struct | None = ...,
+        next_retry_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "file_name", b"file_name", "file_size", b"file_size", "input_file_url", b"input_file_url", "output_file_url", b"output_file_url", "params", b"params", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "file_name", b"file_name", "file_size", b"file_size", "input_file_url", b"input_file_url", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params_object", b"params_object", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "id", b"id", "input_file_url", b"input_file_url", "max_retries", b"max_retries", "output_file_url", b"output_file_url", "params", b"params", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "id", b"id", "input_file_url", b"input_file_url", "max_retries", b"max_retries", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params", b"params", "params_object", b"params_object", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error_message: _TypeAlias = _typing.Literal["error_message"]  # noqa: Y015
     _WhichOneofArgType__error_message: _TypeAlias = _typing.Literal["_error_message", b"_error_message"]  # noqa: Y015
@@ -154,6 +181,7 @@ class CreateTaskRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    PARAMS_OBJECT_FIELD_NUMBER: _builtins.int
     FILE_NAME_FIELD_NUMBER: _builtins.int
     FILE_SIZE_FIELD_NUMBER: _builtins.int
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
@@ -163,14 +191,28 @@ class CreateTaskRequest(_message.Message):
     requested_by: _builtins.str
     """Empty: the caller (x-user-id metadata)."""
     priority: _builtins.int
-    params_json: _builtins.str
-    """A JSON object encoded as a string."""
+    params: _builtins.str
+    """A JSON object encoded as a string, as in the original proto. (Versions of this proto before the
+    seed contract was restored had a Struct here; it moved to params_object.)
+    """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def params_json(self) -> _builtins.str:
+        """Deprecated alias of params, kept for clients of the earlier version of this proto."""
+
+    @params_json.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def params_json(self, value: _builtins.str) -> None:
+        """Deprecated alias of params, kept for clients of the earlier version of this proto."""
+
     file_name: _builtins.str
     file_size: _builtins.int
     max_retries: _builtins.int
     """Unset: the default (3)."""
     @_builtins.property
-    def params(self) -> _struct_pb2.Struct: ...
+    def params_object(self) -> _struct_pb2.Struct:
+        """The parameters as a Struct."""
+
     @_builtins.property
     def scheduled_at(self) -> _timestamp_pb2.Timestamp:
         """In the future: the task waits (status scheduled) until then."""
@@ -182,16 +224,17 @@ class CreateTaskRequest(_message.Message):
         entity_type: _builtins.str = ...,
         requested_by: _builtins.str = ...,
         priority: _builtins.int = ...,
-        params: _struct_pb2.Struct | None = ...,
+        params: _builtins.str = ...,
         params_json: _builtins.str = ...,
+        params_object: _struct_pb2.Struct | None = ...,
         file_name: _builtins.str | None = ...,
         file_size: _builtins.int | None = ...,
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         max_retries: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "scheduled_at", b"scheduled_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "scheduled_at", b"scheduled_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "entity_type", b"entity_type", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "priority", b"priority", "requested_by", b"requested_by", "scheduled_at", b"scheduled_at", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "entity_type", b"entity_type", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "priority", b"priority", "requested_by", b"requested_by", "scheduled_at", b"scheduled_at", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__file_name: _TypeAlias = _typing.Literal["file_name"]  # noqa: Y015
     _WhichOneofArgType__file_name: _TypeAlias = _typing.Literal["_file_name", b"_file_name"]  # noqa: Y015
@@ -199,7 +242,7 @@ class CreateTaskRequest(_message.Message):
     _WhichOneofArgType__file_size: _TypeAlias = _typing.Literal["_file_size", b"_file_size"]  # noqa: Y015
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
-    _WhichOneofReturnType_params_input: _TypeAlias = _typing.Literal["params", "params_json"]  # noqa: Y015
+    _WhichOneofReturnType_params_input: _TypeAlias = _typing.Literal["params", "params_json", "params_object"]  # noqa: Y015
     _WhichOneofArgType_params_input: _TypeAlias = _typing.Literal["params_input", b"params_input"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__file_name) -> _WhichOneofReturnType__file_name | None: ...
@@ -217,18 +260,30 @@ class CreateTaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    UPLOAD_URL_FIELD_NUMBER: _builtins.int
+    UPLOAD_URL_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    upload_url: _builtins.str
+    """Where to upload the task's input file, and until when. Set by the file-storage feature, which
+    does not exist yet: unset until then.
+    """
     @_builtins.property
     def task(self) -> Global___Task: ...
+    @_builtins.property
+    def upload_url_expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         task: Global___Task | None = ...,
+        upload_url: _builtins.str | None = ...,
+        upload_url_expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_upload_url", b"_upload_url", "task", b"task", "upload_url", b"upload_url", "upload_url_expires_at", b"upload_url_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upload_url", b"_upload_url", "task", b"task", "upload_url", b"upload_url", "upload_url_expires_at", b"upload_url_expires_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__upload_url: _TypeAlias = _typing.Literal["upload_url"]  # noqa: Y015
+    _WhichOneofArgType__upload_url: _TypeAlias = _typing.Literal["_upload_url", b"_upload_url"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upload_url) -> _WhichOneofReturnType__upload_url | None: ...
 
 Global___CreateTaskResponse: _TypeAlias = CreateTaskResponse  # noqa: Y015
 
@@ -236,16 +291,16 @@ Global___CreateTaskResponse: _TypeAlias = CreateTaskResponse  # noqa: Y015
 class GetTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    TASK_ID_FIELD_NUMBER: _builtins.int
-    task_id: _builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
     def __init__(
         self,
         *,
-        task_id: _builtins.str = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,16 +418,22 @@ Global___ListTasksResponse: _TypeAlias = ListTasksResponse  # noqa: Y015
 class CancelTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    TASK_ID_FIELD_NUMBER: _builtins.int
-    task_id: _builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    reason: _builtins.str
+    """Why (free text, at most 1000 characters); recorded in the task's event and log line and passed
+    to Temporal as the cancellation reason.
+    """
     def __init__(
         self,
         *,
-        task_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,16 +444,22 @@ class CancelTaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    success: _builtins.bool
+    """Always true in an answer; a refused cancellation is an error status."""
     @_builtins.property
-    def task(self) -> Global___Task: ...
+    def task(self) -> Global___Task:
+        """The task as it stands once its cleanup ran (or the wait for it ended)."""
+
     def __init__(
         self,
         *,
         task: Global___Task | None = ...,
+        success: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["success", b"success", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -402,16 +469,16 @@ Global___CancelTaskResponse: _TypeAlias = CancelTaskResponse  # noqa: Y015
 class RetryTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    TASK_ID_FIELD_NUMBER: _builtins.int
-    task_id: _builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
     def __init__(
         self,
         *,
-        task_id: _builtins.str = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -439,7 +506,7 @@ Global___RetryTaskResponse: _TypeAlias = RetryTaskResponse  # noqa: Y015
 
 @_typing.final
 class UpdateTaskProgressRequest(_message.Message):
-    """Unset counts stay unchanged; set ones replace the task's values."""
+    """Unset counts stay unchanged; set ones replace the task's values (or add to them, with increment)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -451,6 +518,8 @@ class UpdateTaskProgressRequest(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     IS_COMPLETED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    INCREMENT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     processed_records: _builtins.int
     success_records: _builtins.int
@@ -461,6 +530,14 @@ class UpdateTaskProgressRequest(_message.Message):
     is_completed: _builtins.bool
     message: _builtins.str
     """A log line for this report."""
+    report_id: _builtins.str
+    """Idempotency key (at most 200 printable characters): a report whose id was already applied is not
+    applied again. Becomes the Temporal Update id.
+    """
+    increment: _builtins.bool
+    """processed_records, success_records and failed_records are added to the task's counts instead of
+    replacing them (parallel workers each report their own share); total_records stays absolute.
+    """
     def __init__(
         self,
         *,
@@ -472,10 +549,12 @@ class UpdateTaskProgressRequest(_message.Message):
         error_message: _builtins.str | None = ...,
         is_completed: _builtins.bool = ...,
         message: _builtins.str | None = ...,
+        report_id: _builtins.str | None = ...,
+        increment: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_failed_records", b"_failed_records", "_message", b"_message", "_processed_records", b"_processed_records", "_success_records", b"_success_records", "_total_records", b"_total_records", "error_message", b"error_message", "failed_records", b"failed_records", "message", b"message", "processed_records", b"processed_records", "success_records", b"success_records", "total_records", b"total_records"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_failed_records", b"_failed_records", "_message", b"_message", "_processed_records", b"_processed_records", "_report_id", b"_report_id", "_success_records", b"_success_records", "_total_records", b"_total_records", "error_message", b"error_message", "failed_records", b"failed_records", "message", b"message", "processed_records", b"processed_records", "report_id", b"report_id", "success_records", b"success_records", "total_records", b"total_records"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_failed_records", b"_failed_records", "_message", b"_message", "_processed_records", b"_processed_records", "_success_records", b"_success_records", "_total_records", b"_total_records", "error_message", b"error_message", "failed_records", b"failed_records", "is_completed", b"is_completed", "message", b"message", "processed_records", b"processed_records", "success_records", b"success_records", "task_id", b"task_id", "total_records", b"total_records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_failed_records", b"_failed_records", "_message", b"_message", "_processed_records", b"_processed_records", "_report_id", b"_report_id", "_success_records", b"_success_records", "_total_records", b"_total_records", "error_message", b"error_message", "failed_records", b"failed_records", "increment", b"increment", "is_completed", b"is_completed", "message", b"message", "processed_records", b"processed_records", "report_id", b"report_id", "success_records", b"success_records", "task_id", b"task_id", "total_records", b"total_records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error_message: _TypeAlias = _typing.Literal["error_message"]  # noqa: Y015
     _WhichOneofArgType__error_message: _TypeAlias = _typing.Literal["_error_message", b"_error_message"]  # noqa: Y015
@@ -485,6 +564,8 @@ class UpdateTaskProgressRequest(_message.Message):
     _WhichOneofArgType__message: _TypeAlias = _typing.Literal["_message", b"_message"]  # noqa: Y015
     _WhichOneofReturnType__processed_records: _TypeAlias = _typing.Literal["processed_records"]  # noqa: Y015
     _WhichOneofArgType__processed_records: _TypeAlias = _typing.Literal["_processed_records", b"_processed_records"]  # noqa: Y015
+    _WhichOneofReturnType__report_id: _TypeAlias = _typing.Literal["report_id"]  # noqa: Y015
+    _WhichOneofArgType__report_id: _TypeAlias = _typing.Literal["_report_id", b"_report_id"]  # noqa: Y015
     _WhichOneofReturnType__success_records: _TypeAlias = _typing.Literal["success_records"]  # noqa: Y015
     _WhichOneofArgType__success_records: _TypeAlias = _typing.Literal["_success_records", b"_success_records"]  # noqa: Y015
     _WhichOneofReturnType__total_records: _TypeAlias = _typing.Literal["total_records"]  # noqa: Y015
@@ -498,6 +579,8 @@ class UpdateTaskProgressRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__processed_records) -> _WhichOneofReturnType__processed_records | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__report_id) -> _WhichOneofReturnType__report_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__success_records) -> _WhichOneofReturnType__success_records | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__total_records) -> _WhichOneofReturnType__total_records | None: ...
@@ -509,16 +592,20 @@ class UpdateTaskProgressResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    success: _builtins.bool
+    """Always true in an answer; a refused report is an error status."""
     @_builtins.property
     def task(self) -> Global___Task: ...
     def __init__(
         self,
         *,
         task: Global___Task | None = ...,
+        success: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["success", b"success", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -547,10 +634,11 @@ Global___GetDownloadUrlRequest: _TypeAlias = GetDownloadUrlRequest  # noqa: Y015
 class GetDownloadUrlResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    URL_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_URL_FIELD_NUMBER: _builtins.int
     FILE_NAME_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
-    url: _builtins.str
+    download_url: _builtins.str
+    """Named url in versions of this proto before the seed contract was restored (same number and type)."""
     file_name: _builtins.str
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
@@ -559,13 +647,13 @@ class GetDownloadUrlResponse(_message.Message):
     def __init__(
         self,
         *,
-        url: _builtins.str = ...,
+        download_url: _builtins.str = ...,
         file_name: _builtins.str | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "expires_at", b"expires_at", "file_name", b"file_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "expires_at", b"expires_at", "file_name", b"file_name", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "download_url", b"download_url", "expires_at", b"expires_at", "file_name", b"file_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__file_name: _TypeAlias = _typing.Literal["file_name"]  # noqa: Y015
     _WhichOneofArgType__file_name: _TypeAlias = _typing.Literal["_file_name", b"_file_name"]  # noqa: Y015
@@ -616,11 +704,16 @@ class TaskLog(_message.Message):
     LEVEL_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     seq: _builtins.int
     level: _builtins.str
     """info, warning or error."""
     message: _builtins.str
+    id: _builtins.int
+    details: _builtins.str
+    """A JSON document encoded as a string; unset when the line has none."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -631,12 +724,16 @@ class TaskLog(_message.Message):
         level: _builtins.str = ...,
         message: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        id: _builtins.int = ...,
+        details: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_details", b"_details", "created_at", b"created_at", "details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "level", b"level", "message", b"message", "seq", b"seq", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_details", b"_details", "created_at", b"created_at", "details", b"details", "id", b"id", "level", b"level", "message", b"message", "seq", b"seq", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__details: _TypeAlias = _typing.Literal["details"]  # noqa: Y015
+    _WhichOneofArgType__details: _TypeAlias = _typing.Literal["_details", b"_details"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__details) -> _WhichOneofReturnType__details | None: ...
 
 Global___TaskLog: _TypeAlias = TaskLog  # noqa: Y015
 
@@ -715,6 +812,7 @@ class TaskEvent(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    EVENT_DATA_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     task_id: _builtins.str
     seq: _builtins.int
@@ -722,6 +820,8 @@ class TaskEvent(_message.Message):
     """task.created, task.started, task.progress, task.completed, task.failed, task.cancelled, ..."""
     status: _builtins.str
     """The task's status after the event."""
+    event_data: _builtins.str
+    """The payload as compact JSON text, as the original proto carried it."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """What subscribers receive (status, message, counts, ...)."""
@@ -743,10 +843,11 @@ class TaskEvent(_message.Message):
         payload: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         published_at: _timestamp_pb2.Timestamp | None = ...,
+        event_data: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "payload", b"payload", "published_at", b"published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_type", b"event_type", "id", b"id", "payload", b"payload", "published_at", b"published_at", "seq", b"seq", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_data", b"event_data", "event_type", b"event_type", "id", b"id", "payload", b"payload", "published_at", b"published_at", "seq", b"seq", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -785,16 +886,16 @@ Global___GetTaskEventsResponse: _TypeAlias = GetTaskEventsResponse  # noqa: Y015
 class DeleteTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    TASK_ID_FIELD_NUMBER: _builtins.int
-    task_id: _builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
     def __init__(
         self,
         *,
-        task_id: _builtins.str = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -804,12 +905,17 @@ Global___DeleteTaskRequest: _TypeAlias = DeleteTaskRequest  # noqa: Y015
 class DeleteTaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    success: _builtins.bool
+    """Always true in an answer; a refused deletion is an error status."""
     def __init__(
         self,
+        *,
+        success: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

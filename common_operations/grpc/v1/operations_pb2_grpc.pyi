@@ -6,6 +6,14 @@ Common Operations gRPC API (DESIGN.md §4 and §6).
 Field names are snake_case so that proto3 JSON renders the seed's lowerCamelCase names
 (task_type -> taskType). The folder path mirrors the Python package, so the generated code imports
 itself as common_operations.grpc.v1 without rewriting.
+
+Wire compatibility (../shared/notes/seed-contract.md): the platform's clients were built from the
+original service's proto, whose names, types and shapes are kept here. Additions take new numbers;
+nothing is renamed or retyped. Where this proto once differed from the original, the field was
+renamed in place (same number, same type: binary-compatible) or, when the type had to change, the
+original's type took the number back and the other type moved to a new number (said at the field).
+tests/grpc_api/test_contract.py pins every message's fields and numbers (tests/web/test_contract.py
+the REST JSON).
 """
 
 from collections import abc as _abc

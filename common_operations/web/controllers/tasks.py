@@ -1,38 +1,68 @@
 """Task endpoints (``/api/v1/operations/...``): decode, call :class:`TaskService`, encode.
 
-Operation ids are the gRPC RPC names, so both APIs read the same in generated clients.
+Operation ids are the gRPC RPC names and paths, path parameters and bodies are those of the original
+service's gRPC-Gateway bindings (../shared/notes/seed-contract.md): ``{id}`` for the task's own
+endpoints, ``{taskId}`` for its progress, download, logs and events.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Operation, RequestBody
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from common_operations.domain.status import TaskStatus, parse_status
-from common_operations.domain.task import DEFAULT_PAGE_SIZE, PageRequest, TaskQuery, parse_task_id
+from common_operations.domain.task import (
+    DEFAULT_PAGE_SIZE,
+    PageRequest,
+    TaskQuery,
+    parse_cancel_reason,
+    parse_task_id,
+)
 from common_operations.web import mapping
 from common_operations.web.dependencies import Call
 from common_operations.web.errors import problem_responses
 from common_operations.web.schemas import (
+    CancelTaskRequest,
+    CancelTaskResponse,
     CreateTaskRequest,
+    CreateTaskResponse,
+    DeleteTaskResponse,
     DownloadUrlResponse,
     HealthResponse,
+    RetryTaskRequest,
     TaskEventsResponse,
     TaskListResponse,
     TaskLogsResponse,
     TaskResponse,
     UpdateProgressRequest,
+    UpdateTaskProgressResponse,
 )
 
-TASK = "/tasks/{task_id:str}"
+# The seed's path parameter names: {id} where the RPC's request field is id, {taskId} where it is
+# task_id. The handlers' argument names must equal them.
+TASK = "/tasks/{id:str}"
+TASK_OF = "/tasks/{taskId:str}"
 HISTORY_PAGE_SIZE = PageRequest().page_size
 # Decoded by the domain (as gRPC does), so both APIs accept and reject the same spellings.
 STATUS_DOC = "task status: " + ", ".join(s.value for s in TaskStatus)
 STATUS_ENUM: dict[str, Any] = {"enum": [s.value for s in TaskStatus]}
+
+
+@dataclass
+class OptionalBodyOperation(Operation):
+    """An operation whose JSON body may be left out (Litestar documents every body as required)."""
+
+    def __post_init__(self) -> None:
+        """Mark the request body optional."""
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
+
 
 Page = Annotated[int, QueryParameter(description="1-based page number")]
 PageSize = Annotated[int, QueryParameter(name="pageSize", description="rows per page (at most 1000)")]
@@ -50,13 +80,15 @@ class TaskController(Controller):
         summary="Create a task and start its workflow",
         responses=problem_responses(400, 413, 429, 503),
     )
-    async def create_task(self, data: JSONBody[CreateTaskRequest], call: Call) -> TaskResponse:
+    async def create_task(self, data: JSONBody[CreateTaskRequest], call: Call) -> CreateTaskResponse:
         """Record a task; ``requestedBy`` defaults to the caller, a future ``scheduledAt`` schedules it.
 
-        ``params`` is at most 64 KiB as compact UTF-8 JSON (413 ``PAYLOAD_TOO_LARGE`` beyond) and at most
-        32 levels deep, the params object itself being level 1 (400 beyond).
+        ``params`` is a string holding a JSON object, as in the original API (the object itself, or
+        ``paramsObject``, is accepted too). It is at most 64 KiB as compact UTF-8 JSON (413
+        ``PAYLOAD_TOO_LARGE`` beyond) and at most 32 levels deep, the params object itself being level 1
+        (400 beyond). ``uploadUrl`` is null until the file-storage feature exists.
         """
-        return mapping.task_response(
+        return mapping.created_response(
             await call.tasks.create_task(call.principal, mapping.create_command(data))
         )
 
@@ -102,104 +134,126 @@ class TaskController(Controller):
         return mapping.task_list(await call.tasks.list_tasks(call.principal, query))
 
     @get(TASK, operation_id="GetTask", summary="Get a task", responses=problem_responses(400, 404))
-    async def get_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
+    async def get_task(self, id: FromPath[str], call: Call) -> TaskResponse:
         """One task by id."""
-        return mapping.task_response(await call.tasks.get_task(call.principal, parse_task_id(task_id)))
+        return mapping.task_response(await call.tasks.get_task(call.principal, parse_task_id(id)))
 
     @delete(
         TASK,
         operation_id="DeleteTask",
         summary="Delete a finished task with its logs and events",
+        status_code=200,
         responses=problem_responses(400, 404, 409),
     )
-    async def delete_task(self, task_id: FromPath[str], call: Call) -> None:
-        """Only completed, failed or cancelled tasks can be deleted."""
-        await call.tasks.delete_task(call.principal, parse_task_id(task_id))
+    async def delete_task(self, id: FromPath[str], call: Call) -> DeleteTaskResponse:
+        """Only completed, failed or cancelled tasks can be deleted; answers ``{"success": true}``."""
+        await call.tasks.delete_task(call.principal, parse_task_id(id))
+        return mapping.deleted_response()
 
     @post(
         TASK + "/cancel",
         operation_id="CancelTask",
         summary="Cancel a scheduled, pending or processing task",
         status_code=200,
+        operation_class=OptionalBodyOperation,
         responses=problem_responses(400, 404, 409, 413, 429, 503),
     )
-    async def cancel_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
-        """Cancel through the workflow; answers the task once its cleanup ran (or the wait ended)."""
-        return mapping.task_response(await call.tasks.cancel_task(call.principal, parse_task_id(task_id)))
+    async def cancel_task(
+        self, id: FromPath[str], call: Call, data: JSONBody[CancelTaskRequest | None] = None
+    ) -> CancelTaskResponse:
+        """Cancel through the workflow; answers the task once its cleanup ran (or the wait ended).
+
+        The body is optional: ``{"id": ..., "reason": ...}``, where ``id`` (if given) must be the
+        path's and ``reason`` (at most 1000 characters) is recorded with the cancellation.
+        """
+        body = data or CancelTaskRequest()
+        task_id = mapping.task_id(id, body.id, "id")
+        task = await call.tasks.cancel_task(call.principal, task_id, parse_cancel_reason(body.reason))
+        return mapping.cancelled_response(task)
 
     @post(
         TASK + "/retry",
         operation_id="RetryTask",
         summary="Start a new run of a failed task",
         status_code=200,
+        operation_class=OptionalBodyOperation,
         responses=problem_responses(400, 404, 409, 413, 429, 503),
     )
-    async def retry_task(self, task_id: FromPath[str], call: Call) -> TaskResponse:
-        """Allowed from ``failed`` while ``retryCount < maxRetries``."""
-        return mapping.task_response(await call.tasks.retry_task(call.principal, parse_task_id(task_id)))
+    async def retry_task(
+        self, id: FromPath[str], call: Call, data: JSONBody[RetryTaskRequest | None] = None
+    ) -> TaskResponse:
+        """Allowed from ``failed`` while ``retryCount < maxRetries``; the body ``{"id": ...}`` is optional."""
+        task_id = mapping.task_id(id, data.id if data else None, "id")
+        return mapping.task_response(await call.tasks.retry_task(call.principal, task_id))
 
     @patch(
-        TASK + "/progress",
+        TASK_OF + "/progress",
         operation_id="UpdateTaskProgress",
         summary="Report progress of an externally processed task",
         responses=problem_responses(400, 404, 409, 413, 429, 503),
     )
     async def update_progress(
-        self, task_id: FromPath[str], data: JSONBody[UpdateProgressRequest], call: Call
-    ) -> TaskResponse:
-        """Omitted counts stay unchanged; ``isCompleted`` ends the task (failed if ``errorMessage``)."""
+        self,
+        taskId: FromPath[str],  # noqa: N803 - the seed's path parameter name
+        data: JSONBody[UpdateProgressRequest],
+        call: Call,
+    ) -> UpdateTaskProgressResponse:
+        """Omitted counts stay unchanged; ``isCompleted`` ends the task (failed if ``errorMessage``).
+
+        ``increment`` adds the processed, success and failed counts to the task's; a ``reportId``
+        already applied is not applied again.
+        """
+        task_id = mapping.task_id(taskId, data.task_id, "taskId")
         report = mapping.progress_report(data)
-        return mapping.task_response(
-            await call.tasks.update_progress(call.principal, parse_task_id(task_id), report)
-        )
+        return mapping.progress_response(await call.tasks.update_progress(call.principal, task_id, report))
 
     @get(
-        TASK + "/download",
+        TASK_OF + "/download",
         operation_id="GetDownloadUrl",
         summary="Where the task's output file can be downloaded",
         responses=problem_responses(400, 404, 409),
     )
-    async def download_url(self, task_id: FromPath[str], call: Call) -> DownloadUrlResponse:
-        """409 ``NOT_AVAILABLE`` while the task has no output file."""
-        return mapping.download_response(
-            await call.tasks.download_url(call.principal, parse_task_id(task_id))
-        )
+    async def download_url(
+        self,
+        taskId: FromPath[str],  # noqa: N803 - the seed's path parameter name
+        call: Call,
+    ) -> DownloadUrlResponse:
+        """409 ``NOT_AVAILABLE`` while the task has no output file; ``expiresAt`` null: no expiry."""
+        return mapping.download_response(await call.tasks.download_url(call.principal, parse_task_id(taskId)))
 
     @get(
-        TASK + "/logs",
+        TASK_OF + "/logs",
         operation_id="GetTaskLogs",
         summary="The task's log lines, oldest first",
         responses=problem_responses(400, 404),
     )
     async def task_logs(
         self,
-        task_id: FromPath[str],
+        taskId: FromPath[str],  # noqa: N803 - the seed's path parameter name
         call: Call,
         page: Page = 1,
         page_size: PageSize = HISTORY_PAGE_SIZE,
     ) -> TaskLogsResponse:
-        """One page of log lines."""
+        """One page of log lines; ``details`` is a JSON document encoded as a string, or null."""
         paging = PageRequest(page=page, page_size=page_size)
-        return mapping.log_list(await call.tasks.task_logs(call.principal, parse_task_id(task_id), paging))
+        return mapping.log_list(await call.tasks.task_logs(call.principal, parse_task_id(taskId), paging))
 
     @get(
-        TASK + "/events",
+        TASK_OF + "/events",
         operation_id="GetTaskEvents",
         summary="The task's events in sequence order",
         responses=problem_responses(400, 404),
     )
     async def task_events(
         self,
-        task_id: FromPath[str],
+        taskId: FromPath[str],  # noqa: N803 - the seed's path parameter name
         call: Call,
         page: Page = 1,
         page_size: PageSize = HISTORY_PAGE_SIZE,
     ) -> TaskEventsResponse:
-        """One page of events (task.created, task.started, task.progress, …)."""
+        """One page of events (task.created, task.started, …); ``eventData`` is the payload as JSON text."""
         paging = PageRequest(page=page, page_size=page_size)
-        return mapping.event_list(
-            await call.tasks.task_events(call.principal, parse_task_id(task_id), paging)
-        )
+        return mapping.event_list(await call.tasks.task_events(call.principal, parse_task_id(taskId), paging))
 
     @get(
         "/health",
