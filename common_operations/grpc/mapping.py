@@ -42,9 +42,24 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
-    """A time-zone aware (UTC) datetime."""
-    return ts.ToDatetime(tzinfo=UTC)
+def from_timestamp(ts: timestamp_pb2.Timestamp, name: str) -> datetime:
+    """A time-zone aware (UTC) datetime.
+
+    Args:
+        ts: the Timestamp as received.
+        name: the field's JSON name, for the error.
+
+    Raises:
+        ValidationFailed: seconds outside years 1 to 9999, or nanos outside a second. The wire can
+            carry any int64/int32 values; protobuf refuses to convert them.
+    """
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{name} is out of range (0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z): {exc}",
+            field=name,
+        ) from exc
 
 
 def _whole_numbers_as_int(value: Any) -> Any:
@@ -106,7 +121,9 @@ def create_task(request: pb.CreateTaskRequest) -> CreateTask:
         params=params,
         file_name=request.file_name if request.HasField("file_name") else None,
         file_size=request.file_size if request.HasField("file_size") else None,
-        scheduled_at=from_timestamp(request.scheduled_at) if request.HasField("scheduled_at") else None,
+        scheduled_at=from_timestamp(request.scheduled_at, "scheduledAt")
+        if request.HasField("scheduled_at")
+        else None,
     )
     if request.HasField("max_retries"):
         cmd = replace(cmd, max_retries=request.max_retries)
@@ -124,8 +141,10 @@ def task_query(request: pb.ListTasksRequest) -> TaskQuery:
         entity_type=_optional_text(request.entity_type),
         status=parse_status(request.status),
         requested_by=_optional_text(request.requested_by),
-        start_date=from_timestamp(request.start_date) if request.HasField("start_date") else None,
-        end_date=from_timestamp(request.end_date) if request.HasField("end_date") else None,
+        start_date=from_timestamp(request.start_date, "startDate")
+        if request.HasField("start_date")
+        else None,
+        end_date=from_timestamp(request.end_date, "endDate") if request.HasField("end_date") else None,
         search=_optional_text(request.search),
     )
     if request.HasField("page"):

@@ -273,11 +273,6 @@ async def test_page_beyond_what_an_offset_holds_is_invalid_argument(stub: Operat
         pytest.param(timestamp_pb2.Timestamp(seconds=0, nanos=10**9), id="nanos-overflow"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc/mapping.py from_timestamp lets Timestamp.ToDatetime's ValueError escape (INTERNAL); "
-    "owner of grpc/mapping.py to map it to ValidationFailed naming the field",
-)
 async def test_timestamp_out_of_protobuf_range_is_invalid_argument(
     stub: OperationsServiceAsyncStub, ts: timestamp_pb2.Timestamp
 ) -> None:
