@@ -15,7 +15,7 @@ from common_operations.db import engine as db_engine
 from common_operations.db.repository import TaskRepository
 from common_operations.infra import cache, temporal
 from common_operations.infra.temporal import TaskWorkflows
-from common_operations.services.reconciler import Reconciler
+from common_operations.services.reconciler import Reconciler, reconciler_probes
 from common_operations.services.tasks import TaskService
 
 
@@ -36,12 +36,16 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings, *, client: Client | None = None) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, *, client: Client | None = None, with_worker: bool = False
+) -> AsyncIterator[Runtime]:
     """Connect to Postgres and Temporal and build the services; close the pool on exit.
 
     Args:
         settings: where the backing services are (their addresses must be set).
         client: an already connected Temporal client to reuse (tests).
+        with_worker: a worker on this runtime's client runs in this process, so new runs may be
+            started eagerly on it (``temporal.eager_start``).
     """
     if not settings.database.url:
         raise ValueError("database.url (DATABASE_URL) is not set")
@@ -53,12 +57,20 @@ async def open_runtime(settings: Settings, *, client: Client | None = None) -> A
         settings.database.url, pool_min=settings.database.pool_min, pool_max=settings.database.pool_max
     )
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
-    probes = {"redis": partial(cache.ping, redis)} if redis is not None else {}
     try:
         repository = TaskRepository(engine)
+        ops = settings.operations
         workflows = TaskWorkflows(
-            client, settings.temporal.task_queue, search_attributes=settings.temporal.search_attributes
+            client,
+            settings.temporal.task_queue,
+            search_attributes=settings.temporal.search_attributes,
+            eager_start=with_worker and settings.temporal.eager_start,
+            max_in_flight_reports=ops.max_in_flight_reports,
+            report_queue_timeout=ops.report_queue_timeout,
         )
+        probes = reconciler_probes(workflows, ops)
+        if redis is not None:
+            probes["redis"] = partial(cache.ping, redis)
         yield Runtime(
             settings=settings,
             engine=engine,

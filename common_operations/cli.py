@@ -209,7 +209,7 @@ async def _serve(
     from common_operations.bootstrap import open_runtime
     from common_operations.infra.temporal import ensure_search_attributes
 
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, with_worker=with_worker) as runtime:
         await ensure_search_attributes(runtime.client, settings.temporal.namespace)
         parts: dict[str, Coroutine[Any, Any, None]] = {}
         if with_api:
@@ -440,7 +440,7 @@ def tasks_show(task_id: str) -> None:
 
 @tasks_app.command("reconcile")
 def tasks_reconcile() -> None:
-    """Run one reconciler pass now (terminated runs, tasks without a run)."""
+    """Run one reconciler pass now (terminated runs, tasks without a run, stuck runs)."""
     from dataclasses import asdict
 
     async def fn(runtime: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,13 @@ from pydantic_settings import (
 )
 
 from common_operations.domain.errors import UnknownTaskType
-from common_operations.domain.workflow_types import HandlerKind, HandlerSpec, RetrySpec
+from common_operations.domain.workflow_types import (
+    AutoRetrySpec,
+    HandlerKind,
+    HandlerSpec,
+    RetrySpec,
+    RunLimits,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "configs" / "config.yaml"
@@ -36,6 +42,15 @@ class RetrySettings(BaseModel):
     maximum_interval: float = Field(60.0, gt=0)
 
 
+class AutoRetrySettings(BaseModel):
+    """Automatic retries of a failed task by its workflow, after a durable timer."""
+
+    attempts: int = Field(1, ge=1, le=100, description="automatic retries after the first attempt")
+    initial_interval: float = Field(30.0, gt=0, description="seconds before the first retry")
+    backoff_coefficient: float = Field(2.0, ge=1.0)
+    maximum_interval: float = Field(3600.0, gt=0, description="longest wait between retries, seconds")
+
+
 class TaskTypeSettings(BaseModel):
     """How one task type is handled."""
 
@@ -44,9 +59,18 @@ class TaskTypeSettings(BaseModel):
     activity: str | None = None
     heartbeat_timeout: float = Field(300.0, gt=0, description="seconds of worker silence tolerated")
     retry: RetrySettings = RetrySettings()
+    auto_retry: AutoRetrySettings | None = None
+
+    @model_validator(mode="after")
+    def _delegated_needs_a_target(self) -> TaskTypeSettings:
+        # Refused when the configuration loads, not by a failing workflow at run time.
+        if self.kind is HandlerKind.DELEGATED and not (self.activity and self.task_queue):
+            raise ValueError("a delegated task type needs both `activity` and `task_queue`")
+        return self
 
     def to_spec(self) -> HandlerSpec:
         """The workflow-side description of this handler."""
+        auto = self.auto_retry
         return HandlerSpec(
             kind=self.kind,
             task_queue=self.task_queue,
@@ -58,6 +82,14 @@ class TaskTypeSettings(BaseModel):
                 backoff_coefficient=self.retry.backoff_coefficient,
                 maximum_interval_seconds=self.retry.maximum_interval,
             ),
+            auto_retry=AutoRetrySpec(
+                attempts=auto.attempts,
+                initial_interval_seconds=auto.initial_interval,
+                backoff_coefficient=auto.backoff_coefficient,
+                maximum_interval_seconds=auto.maximum_interval,
+            )
+            if auto is not None
+            else None,
         )
 
 
@@ -69,7 +101,30 @@ class OperationsSettings(BaseModel):
     cancel_wait: float = Field(10.0, ge=0, description="seconds CancelTask waits for cleanup")
     reconcile_interval: float = Field(15.0, gt=0)
     orphan_grace: float = Field(30.0, ge=0, description="seconds before a run-less task is restarted")
+    progress_interval: float = Field(
+        1.0, ge=0, description="seconds between mirror writes of a task's coalesced progress"
+    )
+    max_reports_per_run: int = Field(
+        1000, ge=10, le=1800, description="progress reports one workflow run takes before continuing as new"
+    )
+    remembered_report_ids: int = Field(
+        500, ge=1, le=10_000, description="report ids kept across runs so a retried report applies once"
+    )
+    max_in_flight_reports: int = Field(
+        5, ge=1, le=100, description="progress reports of one task this process sends to Temporal at once"
+    )
+    report_queue_timeout: float = Field(
+        30.0, gt=0, description="seconds a report may wait for its turn before it is answered 429"
+    )
     task_types: dict[str, TaskTypeSettings] = Field(default_factory=dict)
+
+    def run_limits(self) -> RunLimits:
+        """How a workflow run bounds its history and coalesces reports."""
+        return RunLimits(
+            progress_interval_seconds=self.progress_interval,
+            max_reports_per_run=self.max_reports_per_run,
+            remembered_report_ids=self.remembered_report_ids,
+        )
 
     def handler_for(self, task_type: str) -> HandlerSpec:
         """The handler of ``task_type``.
@@ -113,6 +168,9 @@ class TemporalSettings(BaseModel):
     # Off only for servers that cannot register custom search attributes (the time-skipping test
     # server); operators then lose the TaskType/TaskStatus filters.
     search_attributes: bool = True
+    # Where the API and the worker share a process, new runs' first workflow task goes straight to
+    # that worker (no round trip through the task queue).
+    eager_start: bool = True
 
 
 class DatabaseSettings(BaseModel):

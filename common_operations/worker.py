@@ -1,35 +1,71 @@
-"""The Temporal worker: ``TaskWorkflow``, the mirror activity, and the reconciler loop."""
+"""The Temporal worker: ``TaskWorkflow``, the mirror activity, and the one reconciler of the queue."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from common_operations.activities.mirror import MirrorActivities
+from common_operations.activities.reconcile import ReconcileActivities
 from common_operations.bootstrap import Runtime
+from common_operations.domain.workflow_types import ReconcilerState, reconciler_workflow_id
+from common_operations.workflows.reconciler_workflow import ReconcilerWorkflow
 from common_operations.workflows.task_workflow import TaskWorkflow
+
+log = logging.getLogger(__name__)
+
+# How often each worker makes sure the reconciler workflow still runs (an operator may terminate it).
+_RECONCILER_CHECK_SECONDS = 60.0
 
 
 def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
     """A worker for the service's task queue (or ``task_queue``), not yet running."""
     mirror = MirrorActivities(runtime.repository)
+    reconcile = ReconcileActivities(runtime.reconciler())
     return Worker(
         runtime.client,
         task_queue=task_queue or runtime.settings.temporal.task_queue,
-        workflows=[TaskWorkflow],
-        activities=[mirror.mirror_task_state],
+        workflows=[TaskWorkflow, ReconcilerWorkflow],
+        activities=[mirror.mirror_task_state, reconcile.reconcile_tasks],
         max_concurrent_activities=200,
         max_concurrent_local_activities=200,
     )
 
 
+async def ensure_reconciler(runtime: Runtime) -> None:
+    """Start the task queue's reconciler workflow unless it already runs (one for all workers)."""
+    queue = runtime.settings.temporal.task_queue
+    await runtime.client.start_workflow(
+        ReconcilerWorkflow.run,
+        ReconcilerState(interval_seconds=runtime.settings.operations.reconcile_interval),
+        id=reconciler_workflow_id(queue),
+        task_queue=queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    )
+
+
+async def _keep_reconciler(runtime: Runtime) -> None:
+    while True:
+        try:
+            await ensure_reconciler(runtime)
+        except RPCError as err:
+            log.warning("could not make sure the reconciler workflow runs: %s", err)
+        await asyncio.sleep(_RECONCILER_CHECK_SECONDS)
+
+
 async def run_worker(runtime: Runtime) -> None:
-    """Run the worker and the reconciler until cancelled."""
+    """Run the worker until cancelled, keeping the reconciler workflow alive."""
     worker = build_worker(runtime)
-    reconciler = asyncio.create_task(runtime.reconciler().run_forever(), name="reconciler")
+    keeper = asyncio.create_task(_keep_reconciler(runtime), name="reconciler-keeper")
     try:
         await worker.run()
     finally:
-        reconciler.cancel()
-        await asyncio.gather(reconciler, return_exceptions=True)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper

@@ -23,8 +23,9 @@ from temporalio.worker import Worker
 from common_operations.bootstrap import Runtime, open_runtime
 from common_operations.config import OperationsSettings, Settings, TaskTypeSettings
 from common_operations.db.engine import migrate, with_database
+from common_operations.domain.workflow_types import reconciler_workflow_id
 from common_operations.infra.binaries import wheel_binary
-from common_operations.worker import build_worker
+from common_operations.worker import build_worker, ensure_reconciler
 from common_operations.workflows.task_workflow import SEARCH_ATTRIBUTE_KEYS
 
 
@@ -82,6 +83,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
         ui=False,
         dev_server_log_level="error",
+        # A run whose workflow task keeps failing is flagged (TemporalReportedProblems) after two
+        # failed attempts instead of five (about a minute), so the stuck-run test takes seconds.
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "system.numConsecutiveWorkflowTaskProblemsToTriggerSearchAttribute=2",
+        ],
     )
     async with env:
         yield env
@@ -147,8 +154,27 @@ def make_settings(
             heartbeat_timeout=2,
             retry={"maximum_attempts": 2, "initial_interval": 0.1, "maximum_interval": 0.2},
         ),
+        # Fails when its worker is silent for 2 s, then is retried by its workflow twice.
+        "retrying_check": TaskTypeSettings(
+            kind="external",
+            heartbeat_timeout=2,
+            auto_retry={
+                "attempts": 2,
+                "initial_interval": 1,
+                "backoff_coefficient": 2,
+                "maximum_interval": 5,
+            },
+        ),
     }
-    ops = {"task_types": types, "cancel_wait": 10, "reconcile_interval": 0.5, "orphan_grace": 1}
+    # progress_interval 0: every report's counts reach the mirror before the next report is
+    # answered, so tests can assert exact event sequences; the coalescing tests set it themselves.
+    ops = {
+        "task_types": types,
+        "cancel_wait": 10,
+        "reconcile_interval": 0.5,
+        "orphan_grace": 1,
+        "progress_interval": 0,
+    }
     ops.update(operations)
     return Settings(
         database_url=database_url,
@@ -170,7 +196,7 @@ def settings(
 @pytest.fixture
 async def runtime(settings: Settings, client: Client) -> AsyncIterator[Runtime]:
     """Connected services for this test."""
-    async with open_runtime(settings, client=client) as rt:
+    async with open_runtime(settings, client=client, with_worker=True) as rt:
         yield rt
 
 
@@ -179,3 +205,12 @@ async def worker(runtime: Runtime) -> AsyncIterator[Worker]:
     """The service's worker, running on this test's task queue."""
     async with build_worker(runtime) as w:
         yield w
+
+
+@pytest.fixture
+async def reconciler(runtime: Runtime, worker: Worker) -> AsyncIterator[None]:
+    """The task queue's reconciler workflow, started as every worker of a deployment starts it."""
+    await ensure_reconciler(runtime)
+    yield
+    handle = runtime.client.get_workflow_handle(reconciler_workflow_id(runtime.settings.temporal.task_queue))
+    await handle.terminate("test over")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from common_operations.db.repository import TaskRepository
-from common_operations.domain.workflow_types import MIRROR_ACTIVITY, MirrorWrite
+from common_operations.domain.workflow_types import MIRROR_ACTIVITY, MirrorOutcome, MirrorWrite
 
 
 class MirrorActivities:
@@ -16,10 +16,11 @@ class MirrorActivities:
         self._repository = repository
 
     @activity.defn(name=MIRROR_ACTIVITY)
-    async def mirror_task_state(self, write: MirrorWrite) -> bool:
-        """Apply ``write`` if it is newer than the row; idempotent under retries.
+    async def mirror_task_state(self, write: MirrorWrite) -> MirrorOutcome:
+        """Apply a run's ``write`` (fenced by its owner token); idempotent under retries.
 
         Returns:
-            Whether the task row changed (False for a stale or repeated write).
+            ``applied``, ``duplicate`` (an earlier attempt applied it) or ``fenced`` (another run
+            owns the task, or it was deleted: the run must stop).
         """
         return await self._repository.apply(write)

@@ -27,7 +27,7 @@ from common_operations.domain.task import (
     TaskQuery,
     escape_like,
 )
-from common_operations.domain.workflow_types import MirrorWrite
+from common_operations.domain.workflow_types import LogLine, MirrorOutcome, MirrorWrite
 
 TASK_COLUMNS = (
     "id, task_type, entity_type, status, priority, requested_by, params, file_name, file_size, "
@@ -50,29 +50,62 @@ INSERT INTO task_logs (task_id, seq, level, message, created_at)
 SELECT id, 0, 'info', $16, $14 FROM t
 """
 
-# A workflow write updates the row only when newer; its event and log line are recorded in any
-# case (a late write still belongs to the history), unless the task was deleted.
-# A guarded write (expect_seq) applies only on an exact sequence match and records nothing else.
+# One writer per task. A run chain's write applies only if the chain owns the row (owner_run_id) and
+# its sequence is newer; the chain's first write takes the row over only if the row's sequence is
+# still the one the run was started from (claim). A guarded write (the reconciler, after the owning
+# run closed without recording its end) applies only on the exact sequence and owner it read, and
+# hands the row to a closed owner, so a late write of the old owner is fenced out rather than taken
+# for a replay.
+# The event and log lines are inserted only when the row update applied, so a replayed write adds
+# nothing; ``prev`` tells a replay (same owner, sequence already there) from a fenced-out writer.
 _MIRROR = """
-WITH u AS (
+WITH prev AS (
+  SELECT seq, owner_run_id FROM tasks WHERE id = $1
+), u AS (
   UPDATE tasks SET
-    seq = $2, run_id = CASE WHEN $21 THEN NULL ELSE COALESCE($3, run_id) END, status = $4, total_records = $5,
-    processed_records = $6, success_records = $7, failed_records = $8, progress_percentage = $9,
-    started_at = COALESCE($10, started_at), completed_at = $11, error_message = $12,
-    output_file_url = COALESCE($13, output_file_url), updated_at = $14,
-    retry_count = COALESCE($18, retry_count)
-  WHERE id = $1 AND (CASE WHEN $19::bigint IS NULL THEN seq < $2 ELSE seq = $19::bigint END)
+    seq = $2, run_id = COALESCE($3, run_id), owner_run_id = COALESCE($26, $20, owner_run_id), status = $4,
+    total_records = $5, processed_records = $6, success_records = $7, failed_records = $8,
+    progress_percentage = $9, started_at = COALESCE($10, started_at), completed_at = $11,
+    error_message = $12, output_file_url = COALESCE($13, output_file_url), updated_at = $14,
+    retry_count = $17, next_retry_at = $18
+  WHERE id = $1 AND CASE
+    WHEN $19::bigint IS NOT NULL THEN seq = $19 AND owner_run_id IS NOT DISTINCT FROM $20
+    WHEN $21::bigint IS NOT NULL THEN seq = $21 AND owner_run_id IS DISTINCT FROM $20
+    ELSE owner_run_id = $20 AND seq < $2
+  END
   RETURNING id
 ), e AS (
   INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
   SELECT $1, $2, $15, $4, $16::jsonb, $14
   WHERE EXISTS (SELECT 1 FROM u)
 ), l AS (
-  INSERT INTO task_logs (task_id, seq, level, message, created_at)
-  SELECT $1, $2, $17, $20, $14
+  INSERT INTO task_logs (task_id, seq, level, message, details, created_at)
+  SELECT $1, $2, x.level, x.message, x.details, COALESCE(x.at, $14)
+  FROM unnest($22::text[], $23::text[], $24::text[], $25::timestamptz[])
+       WITH ORDINALITY AS x(level, message, details, at, n)
   WHERE EXISTS (SELECT 1 FROM u)
+  ORDER BY x.n
 )
-SELECT count(*) FROM u
+SELECT (SELECT count(*) FROM u) AS applied, (SELECT seq FROM prev) AS prev_seq,
+       (SELECT owner_run_id FROM prev) AS prev_owner, EXISTS (SELECT 1 FROM prev) AS found
+"""
+
+# An annotation (e.g. a stuck workflow) beside the task's current state: once per sequence and type.
+_ANNOTATE = """
+WITH t AS (
+  SELECT id, seq, status FROM tasks WHERE id = $1
+), ins AS (
+  INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
+  SELECT t.id, t.seq, $2::text, t.status, $3::jsonb, $4 FROM t
+  WHERE NOT EXISTS (
+    SELECT 1 FROM task_events e WHERE e.task_id = $1 AND e.seq = t.seq AND e.event_type = $2::text
+  )
+  RETURNING seq
+), l AS (
+  INSERT INTO task_logs (task_id, seq, level, message, created_at)
+  SELECT $1, ins.seq, $5, $6, $4 FROM ins
+)
+SELECT count(*) FROM ins
 """
 
 EXACT_TOTAL_LIMIT = 10_000
@@ -126,11 +159,14 @@ def event_payload(write: MirrorWrite) -> dict[str, Any]:
         "successRecords": write.success_records,
         "failedRecords": write.failed_records,
         "progressPercentage": write.progress_percentage,
+        "retryCount": write.retry_count,
     }
     if write.error_message:
         payload["errorMessage"] = write.error_message
     if write.output_file_url:
         payload["outputFileUrl"] = write.output_file_url
+    if write.next_retry_at:
+        payload["nextRetryAt"] = write.next_retry_at.isoformat()
     return payload
 
 
@@ -171,31 +207,18 @@ class TaskRepository:
         )
 
     async def set_run_id(self, task_id: uuid.UUID, run_id: str) -> None:
-        """Record the Temporal run now working on the task."""
-        await self._pool.execute("UPDATE tasks SET run_id = $2 WHERE id = $1", task_id, run_id)
+        """Record the run working on a task whose runs have not written yet (no state change)."""
+        await self._pool.execute(
+            "UPDATE tasks SET run_id = $2 WHERE id = $1 AND run_id IS NULL", task_id, run_id
+        )
 
-    async def apply(
-        self,
-        write: MirrorWrite,
-        *,
-        expect_seq: int | None = None,
-        retry_count: int | None = None,
-        clear_run_id: bool = False,
-    ) -> bool:
-        """Apply a mirror write.
-
-        Args:
-            write: the new state, event and log line.
-            expect_seq: apply only if the row's sequence is exactly this (optimistic lock used by
-                the service and the reconciler); otherwise apply if ``write.seq`` is newer.
-            retry_count: a new retry count, when the write starts a retry.
-            clear_run_id: forget the run (a retry waits for its new run to be recorded).
-
-        Returns:
-            Whether the task row changed.
-        """
+    async def _mirror(
+        self, write: MirrorWrite, expect_seq: int | None, new_owner: str | None = None
+    ) -> asyncpg.Record:
         at = write.at or datetime.now().astimezone()
-        changed = await self._pool.fetchval(
+        # The run decides which lines a write logs; a write made outside any run logs its message.
+        lines = write.logs or [LogLine(write.level, write.message, at)]
+        row: asyncpg.Record = await self._pool.fetchrow(
             _MIRROR,
             uuid.UUID(write.task_id),
             write.seq,
@@ -213,13 +236,67 @@ class TaskRepository:
             at,
             write.event_type,
             json.dumps(event_payload(write)),
-            write.level,
-            retry_count,
+            write.retry_count,
+            write.next_retry_at,
             expect_seq,
-            write.message,
-            clear_run_id,
+            write.owner,
+            write.claim_seq,
+            [line.level for line in lines],
+            [line.message for line in lines],
+            [line.details for line in lines],
+            [line.at for line in lines],
+            new_owner,
         )
-        return bool(changed)
+        return row
+
+    async def apply(self, write: MirrorWrite) -> MirrorOutcome:
+        """Apply a workflow run's write (fenced by its owner token; see ``_MIRROR``).
+
+        Returns:
+            ``APPLIED``; ``DUPLICATE`` when an earlier attempt of the same write already applied
+            (activity retry); ``FENCED`` when another run chain owns the task or it was deleted.
+        """
+        row = await self._mirror(write, None)
+        if row["applied"]:
+            return MirrorOutcome.APPLIED
+        if row["found"] and row["prev_owner"] == write.owner and row["prev_seq"] >= write.seq:
+            return MirrorOutcome.DUPLICATE
+        return MirrorOutcome.FENCED
+
+    async def apply_guarded(self, write: MirrorWrite, *, expect_seq: int, new_owner: str) -> bool:
+        """Apply a write of a writer outside the owning run (the reconciler) on an exact match.
+
+        The write applies only if the row still has ``expect_seq`` and ``write.owner`` as its owner,
+        i.e. nothing was written since the caller read it. The row then belongs to ``new_owner``
+        (no run), so the previous owner can write nothing more.
+
+        Returns:
+            Whether it applied.
+        """
+        row = await self._mirror(write, expect_seq, new_owner)
+        return bool(row["applied"])
+
+    async def annotate(
+        self, task_id: uuid.UUID, event_type: str, message: str, *, level: str = "warning", **payload: Any
+    ) -> bool:
+        """Add an event and a log line at the task's current sequence, once per sequence and type.
+
+        Annotations record what happened beside a task's state (a stuck workflow) without changing
+        it, so they never compete with the owning run's writes.
+
+        Returns:
+            Whether it was added (False if the task is gone or already annotated at this sequence).
+        """
+        added = await self._pool.fetchval(
+            _ANNOTATE,
+            task_id,
+            event_type,
+            json.dumps({"message": message, **payload}),
+            datetime.now().astimezone(),
+            level,
+            message,
+        )
+        return bool(added)
 
     async def get(self, task_id: uuid.UUID) -> Task | None:
         """One task, or ``None``."""
@@ -286,17 +363,23 @@ class TaskRepository:
         return max(estimate, int(exact))
 
     async def delete_closed(self, task_id: uuid.UUID) -> bool:
-        """Delete a task (and, by cascade, its logs and events) unless a run works on it.
+        """Delete a task (and, by cascade, its logs and events) unless a run works on it or will.
 
         Returns:
             Whether a row was deleted.
         """
         result: str = await self._pool.execute(
-            "DELETE FROM tasks WHERE id = $1 AND NOT (status = ANY($2::text[]))",
+            "DELETE FROM tasks WHERE id = $1 AND NOT (status = ANY($2::text[])) AND next_retry_at IS NULL",
             task_id,
             [s.value for s in ACTIVE_STATUSES],
         )
         return result.endswith(" 1")
+
+    async def delete_unstarted(self, task_id: uuid.UUID) -> None:
+        """Remove a task whose first run Temporal refused for good (no run ever wrote to it)."""
+        await self._pool.execute(
+            "DELETE FROM tasks WHERE id = $1 AND seq = 0 AND owner_run_id IS NULL", task_id
+        )
 
     async def logs(self, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
         """A page of a task's log lines, oldest first."""

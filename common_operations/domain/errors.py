@@ -65,6 +65,12 @@ class RetryLimitExceeded(InvalidTransition):
     code = "RETRY_LIMIT_EXCEEDED"
 
 
+class ReportLimitReached(InvalidTransition):
+    """A delegated task's attempt took as many progress reports as one workflow run may hold."""
+
+    code = "REPORT_LIMIT_REACHED"
+
+
 class NotAvailable(DomainError):
     """The requested resource does not exist yet (e.g. no output file)."""
 

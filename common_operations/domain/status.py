@@ -42,7 +42,8 @@ _ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
         {TaskStatus.PROCESSING, TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.COMPLETED}
     ),
     TaskStatus.PROCESSING: frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}),
-    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    # failed -> cancelled only while the workflow waits to retry the task by itself (auto_retry).
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED}),
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),
 }
@@ -86,13 +87,23 @@ def ensure_transition(current: TaskStatus, target: TaskStatus) -> None:
         )
 
 
-def ensure_cancellable(current: TaskStatus) -> None:
-    """Only scheduled, pending and processing tasks can be cancelled."""
+def ensure_cancellable(current: TaskStatus, *, retry_pending: bool = False) -> None:
+    """Scheduled, pending and processing tasks can be cancelled, and failed ones awaiting a retry.
+
+    Raises:
+        InvalidTransition: the task is completed, cancelled, or failed with no retry pending.
+    """
+    if current is TaskStatus.FAILED and not retry_pending:
+        raise InvalidTransition(
+            "cannot cancel a failed task that is not waiting for an automatic retry", current=current.value
+        )
     ensure_transition(current, TaskStatus.CANCELLED)
 
 
 def ensure_retryable(current: TaskStatus, retry_count: int, max_retries: int) -> None:
     """A task can be retried only from ``failed`` and while retries remain.
+
+    A failed task waiting for an automatic retry can be retried at once (the wait is skipped).
 
     Raises:
         InvalidTransition: the task is not failed.
@@ -123,9 +134,14 @@ def ensure_accepts_reports(current: TaskStatus) -> None:
         )
 
 
-def ensure_deletable(current: TaskStatus) -> None:
-    """Tasks that a run is working on cannot be deleted; cancel them first."""
+def ensure_deletable(current: TaskStatus, *, retry_pending: bool = False) -> None:
+    """Tasks that a run is working on (or will retry) cannot be deleted; cancel them first."""
     if current.is_active:
         raise InvalidTransition(
             f"cannot delete a {current.value} task; cancel it first", current=current.value
+        )
+    if retry_pending:
+        raise InvalidTransition(
+            "cannot delete a failed task that waits for an automatic retry; cancel it first",
+            current=current.value,
         )

@@ -418,15 +418,28 @@ def validate_report_shape(report: ProgressReport) -> None:
 def apply_report(counts: RecordCounts, report: ProgressReport) -> RecordCounts:
     """The counts after ``report``, validated against each other.
 
+    Absolute counts replace the task's; with ``report.increment`` processed, success and failed are
+    added to them (``total`` is absolute either way).
+
     Raises:
-        ValidationFailed: ``processed > total`` or ``success + failed > processed``.
+        ValidationFailed: ``processed > total``, ``success + failed > processed``, or a sum beyond
+            the largest count.
     """
     validate_report_shape(report)
+
+    def merged(current: int, value: int | None, name: str) -> int:
+        if value is None:
+            return current
+        if not report.increment:
+            return value
+        _check_count(current + value, name)
+        return current + value
+
     new = RecordCounts(
         total=counts.total if report.total_records is None else report.total_records,
-        processed=counts.processed if report.processed_records is None else report.processed_records,
-        success=counts.success if report.success_records is None else report.success_records,
-        failed=counts.failed if report.failed_records is None else report.failed_records,
+        processed=merged(counts.processed, report.processed_records, "processedRecords"),
+        success=merged(counts.success, report.success_records, "successRecords"),
+        failed=merged(counts.failed, report.failed_records, "failedRecords"),
     )
     if new.total and new.processed > new.total:
         raise ValidationFailed(

@@ -1,6 +1,7 @@
 """Payloads exchanged with ``TaskWorkflow``: small, JSON-friendly, sandbox-safe.
 
-Large data never travels here; workflows carry ids, counts and keys.
+Large data never travels here; workflows carry ids, counts and keys. Every field added to a payload
+must have a default, so histories written before the field existed still decode (replay tests).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from enum import StrEnum
 from typing import Any
 
 WORKFLOW_TYPE = "TaskWorkflow"
+RECONCILER_WORKFLOW_TYPE = "TaskReconciler"
 MIRROR_ACTIVITY = "mirror_task_state"
+RECONCILE_ACTIVITY = "reconcile_tasks"
 PROGRESS_QUERY = "progress"
+RECONCILER_STATUS_QUERY = "status"
 REPORT_PROGRESS_UPDATE = "report_progress"
+RETRY_NOW_UPDATE = "retry_now"
 
 SA_TASK_TYPE = "TaskType"
 SA_ENTITY_TYPE = "EntityType"
@@ -23,10 +28,24 @@ SA_PROGRESS = "Progress"
 KEYWORD_SEARCH_ATTRIBUTES = (SA_TASK_TYPE, SA_ENTITY_TYPE, SA_TASK_STATUS, SA_REQUESTED_BY)
 INT_SEARCH_ATTRIBUTES = (SA_PROGRESS,)
 
+# Error types (ApplicationError.type) that the workflow raises and the gateway translates.
+SUPERSEDED_ERROR = "TASK_SUPERSEDED"
+TASK_FAILED_ERROR = "TASK_FAILED"
+
 
 def workflow_id_for(task_id: str) -> str:
     """The Temporal workflow id of a task (DESIGN.md §5)."""
     return f"task-{task_id}"
+
+
+def task_id_of(workflow_id: str) -> str:
+    """The task id inside a task workflow's id (the inverse of :func:`workflow_id_for`)."""
+    return workflow_id.removeprefix("task-")
+
+
+def reconciler_workflow_id(task_queue: str) -> str:
+    """The one reconciler workflow of a task queue (every worker makes sure it runs; one does)."""
+    return f"common-operations-reconciler-{task_queue}"
 
 
 class HandlerKind(StrEnum):
@@ -47,6 +66,21 @@ class RetrySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoRetrySpec:
+    """Automatic retries of a failed task, by the workflow itself after a durable timer."""
+
+    attempts: int = 1
+    initial_interval_seconds: float = 30.0
+    backoff_coefficient: float = 2.0
+    maximum_interval_seconds: float = 3600.0
+
+    def delay_seconds(self, retry_number: int) -> float:
+        """The wait before automatic retry ``retry_number`` (1-based), capped at the maximum."""
+        delay = self.initial_interval_seconds * self.backoff_coefficient ** (retry_number - 1)
+        return float(min(delay, self.maximum_interval_seconds))
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerSpec:
     """How a task type is run; resolved from configuration when the task starts."""
 
@@ -55,34 +89,97 @@ class HandlerSpec:
     activity: str | None = None
     heartbeat_timeout_seconds: float = 300.0
     retry: RetrySpec = field(default_factory=RetrySpec)
+    auto_retry: AutoRetrySpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """How a run bounds its history and what each progress report costs."""
+
+    # Mirror row, task.progress event and Progress search attribute: at most once per interval
+    # (0: after every report the workflow sees, still coalescing reports that arrive together).
+    progress_interval_seconds: float = 1.0
+    # Continue-as-new after this many reports in one run (or when Temporal suggests it). A delegated
+    # run cannot continue as new while its activity works, so it refuses reports beyond this.
+    max_reports_per_run: int = 1000
+    # Report ids remembered across continue-as-new, so a retried report is applied once.
+    remembered_report_ids: int = 500
+    # Report messages kept for the next mirror write; the rest are counted, not logged.
+    buffered_messages: int = 20
+
+
+@dataclass(slots=True)
+class LogLine:
+    """One log line of a task, written with the next mirror write."""
+
+    level: str
+    message: str
+    at: datetime | None = None
+    details: str | None = None
+
+
+@dataclass(slots=True)
+class TaskState:
+    """The mutable state of a task's workflow, carried whole across continue-as-new."""
+
+    status: str
+    seq: int
+    retry_count: int = 0
+    total_records: int = 0
+    processed_records: int = 0
+    success_records: int = 0
+    failed_records: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error_message: str | None = None
+    output_file_url: str | None = None
+    # Fence token of the run chain that owns the task; None until this attempt's first run sets it.
+    owner: str | None = None
+    # Whether the owner has taken the task row over (its first write compares-and-sets ``seq``).
+    claimed: bool = False
+    # When the current attempt times out (task_timeout after it started).
+    attempt_deadline: datetime | None = None
+    last_report_at: datetime | None = None
+    next_retry_at: datetime | None = None
+    auto_retries: int = 0
+    reports: int = 0
+    runs: int = 1
+    recent_report_ids: list[str] = field(default_factory=list)
+    # Progress not yet mirrored when the previous run continued as new.
+    dirty: bool = False
+    pending_logs: list[LogLine] = field(default_factory=list)
+    omitted_messages: int = 0
+    last_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TaskWorkflowInput:
-    """Everything a run needs; ``seq`` is the mirror sequence the run starts after."""
+    """What a run needs: the task's fixed description and the state it starts from."""
 
     task_id: str
     task_type: str
     entity_type: str
     requested_by: str
-    status: str
     handler: HandlerSpec
     task_timeout_seconds: float
-    seq: int
-    retry_count: int = 0
+    state: TaskState
     max_retries: int = 3
     scheduled_at: datetime | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    total_records: int = 0
     search_attributes: bool = True
+    limits: RunLimits = field(default_factory=RunLimits)
+    # The event the run's first write records: task.retried for a retry, else by what happens.
+    retry_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class MirrorWrite:
-    """A full snapshot of the task's mutable state plus the event and log line it causes.
+    """A full snapshot of the task's mutable state plus the event and log lines it causes.
 
-    Applied only if ``seq`` is newer than the row's, so retries and reordering never move a task
-    backwards.
+    A run's write applies only if the run chain ``owner`` owns the row and ``seq`` is newer; the
+    owner's first write (``claim_seq`` set) takes the row over only if its ``seq`` still equals
+    ``claim_seq``. Retries and reordering never move a task backwards, and no other run's write
+    lands in between.
     """
 
     task_id: str
@@ -91,6 +188,8 @@ class MirrorWrite:
     status: str
     event_type: str
     message: str
+    owner: str | None = None
+    claim_seq: int | None = None
     level: str = "info"
     total_records: int = 0
     processed_records: int = 0
@@ -101,7 +200,21 @@ class MirrorWrite:
     completed_at: datetime | None = None
     error_message: str | None = None
     output_file_url: str | None = None
+    retry_count: int = 0
+    next_retry_at: datetime | None = None
     at: datetime | None = None
+    # The log lines to write, in order; empty means one line: ``message`` at ``level``.
+    logs: list[LogLine] = field(default_factory=list)
+
+
+class MirrorOutcome(StrEnum):
+    """What became of a mirror write."""
+
+    APPLIED = "applied"
+    # Already applied by an earlier attempt of the same write (an activity retry).
+    DUPLICATE = "duplicate"
+    # Another run chain owns the task now, or the task was deleted: this run must stop writing.
+    FENCED = "fenced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +230,12 @@ class ProgressSnapshot:
     progress_percentage: float
     seq: int
     error_message: str | None = None
+    retry_count: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    next_retry_at: datetime | None = None
+    reports: int = 0
+    runs: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +260,43 @@ class DelegatedTaskResult:
     failed_records: int | None = None
     output_file_url: str | None = None
     message: str | None = None
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """What one reconciler pass did."""
+
+    failed: int = 0
+    cancelled: int = 0
+    started: int = 0
+    adopted: int = 0
+    stuck: int = 0
+    stuck_task_ids: list[str] = field(default_factory=list)
+    closed_runs_seen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcilePassInput:
+    """The reconciler workflow's request for one pass: closed runs since ``since``."""
+
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcilePassResult:
+    """One pass's report and the watermark the next pass starts from."""
+
+    report: ReconcileReport
+    next_since: datetime
+    finished_at: datetime
+
+
+@dataclass(slots=True)
+class ReconcilerState:
+    """The reconciler workflow's state, carried across continue-as-new."""
+
+    interval_seconds: float
+    since: datetime | None = None
+    passes: int = 0
+    last: ReconcilePassResult | None = None
+    last_error: str | None = None

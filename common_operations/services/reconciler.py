@@ -1,11 +1,20 @@
-"""Reconciler: repairs what no workflow code could record.
+"""Reconciler: repairs and reports what no workflow code could record.
 
-- a workflow terminated by an operator (or timed out) runs no code, so its task would stay active
-  in the mirror: it is marked ``failed`` with the reason;
-- a task row whose workflow was never started (the process died between the two) is started.
+One pass, in order:
 
-Every write is guarded by the row's sequence number, so several reconcilers (one per worker) and
-concurrent workflow writes never conflict.
+- **closed runs**: a workflow terminated by an operator (or timed out) runs no code, so its task would
+  stay active in the mirror: it is marked ``failed`` with the reason (every such run since the last
+  pass, however many, page after page);
+- **run-less tasks**: a task row whose workflow was never started (the process died between the two,
+  or Temporal was unreachable) gets its run started; a quiet run that never wrote is adopted;
+- **stuck runs**: a run whose workflow task keeps failing (a code bug, a non-deterministic change
+  after a deploy, a misconfigured task type) is flagged by Temporal (``TemporalReportedProblems``);
+  each such task gets a ``task.stuck`` event and log line, and the pass reports them.
+
+Every write is guarded by the exact sequence and owner the pass read, so concurrent passes and live
+runs never conflict. In a deployment one reconciler is active: the ``TaskReconciler`` workflow
+(``workflows.reconciler_workflow``) runs the passes as activities on whichever worker is available,
+and is itself visible in the Temporal Web UI and through its ``status`` query.
 """
 
 from __future__ import annotations
@@ -13,77 +22,51 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
+from typing import TypeVar
 
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.client import WorkflowExecution
 
 from common_operations.config import OperationsSettings
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.errors import DomainError
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import Task
-from common_operations.domain.workflow_types import WORKFLOW_TYPE, workflow_id_for
+from common_operations.domain.workflow_types import (
+    WORKFLOW_TYPE,
+    ReconcilePassResult,
+    ReconcileReport,
+    task_id_of,
+)
 from common_operations.infra.temporal import TaskWorkflows
-from common_operations.services.tasks import now, snapshot_write, workflow_input
+from common_operations.services.runs import TaskRuns, now
+from common_operations.services.tasks import ProbeFailed
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# Closed runs whose task may still look active: any run that closed while its TaskStatus said so,
+# and every run an operator terminated or that timed out (a failed task waiting for its automatic
+# retry says "failed" but still needs recording). Continued-as-new runs are links of a live chain.
 _CLOSED_QUERY = (
-    f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus != 'Running' "
-    "AND TaskStatus IN ('pending', 'scheduled', 'processing') AND CloseTime > '{since}'"
+    f"WorkflowType = '{WORKFLOW_TYPE}' AND CloseTime > '{{since}}' "
+    "AND ExecutionStatus IN ('Terminated', 'TimedOut', 'Failed', 'Canceled', 'Completed') "
+    "AND (TaskStatus IN ('pending', 'scheduled', 'processing') "
+    "OR ExecutionStatus IN ('Terminated', 'TimedOut'))"
 )
-
-_REASONS = {
-    WorkflowExecutionStatus.TERMINATED: "workflow terminated by an operator",
-    WorkflowExecutionStatus.TIMED_OUT: "workflow run timed out",
-    WorkflowExecutionStatus.FAILED: "workflow failed before recording the outcome",
-    WorkflowExecutionStatus.CANCELED: "workflow cancelled before it could record the cancellation",
-}
-
-
-@dataclass(slots=True)
-class ReconcileReport:
-    """What one pass changed."""
-
-    failed: int = 0
-    cancelled: int = 0
-    started: int = 0
-    adopted: int = 0
-
-
-async def _termination_reason(client: Client, workflow_id: str, run_id: str) -> str | None:
-    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-    last = history.events[-1] if history.events else None
-    if last is not None and last.HasField("workflow_execution_terminated_event_attributes"):
-        attrs = last.workflow_execution_terminated_event_attributes
-        who = f" ({attrs.identity})" if attrs.identity else ""
-        return f"{attrs.reason or 'no reason given'}{who}"
-    return None
-
-
-def _run_of(task: Task, executions: list[WorkflowExecution]) -> WorkflowExecution | None:
-    """The closed run that the task's mirror state belongs to, if it is among ``executions``.
-
-    A task whose run is not recorded yet (just created or retried) is matched only by a run that
-    closed after the task was last written, never by an earlier attempt's run.
-    """
-    for execution in executions:
-        if task.run_id is not None and execution.run_id == task.run_id:
-            return execution
-        if (
-            task.run_id is None
-            and execution.close_time is not None
-            and task.updated_at is not None
-            and execution.close_time > task.updated_at
-        ):
-            return execution
-    return None
+_STUCK_QUERY = (
+    f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' "
+    "AND TemporalReportedProblems IS NOT NULL"
+)
+_BATCH = 500
+_CONCURRENCY = 16
+_STUCK_IDS_SHOWN = 100
 
 
 class Reconciler:
-    """One pass at a time via :meth:`run_once`; :meth:`run_forever` loops it."""
+    """One pass at a time via :meth:`run_once`."""
 
     def __init__(
         self, repository: TaskRepository, workflows: TaskWorkflows, settings: OperationsSettings
@@ -92,89 +75,144 @@ class Reconciler:
         self.repository = repository
         self.workflows = workflows
         self.settings = settings
-        # The first pass looks back a day (runs closed while no worker ran); later passes only
-        # since the previous one, with a margin for visibility lag.
-        self._since = now() - timedelta(hours=24)
+        self.runs = TaskRuns(repository, workflows, settings)
+        self._reports_problems: bool | None = None
 
-    async def run_forever(self) -> None:
-        """Reconcile every ``operations.reconcile_interval`` seconds until cancelled."""
-        while True:
-            try:
-                await self.run_once()
-            except (DomainError, RPCError, OSError) as err:
-                log.warning("reconcile pass failed: %s", err)
-            await asyncio.sleep(self.settings.reconcile_interval)
+    async def run_once(self, since: datetime | None = None) -> ReconcilePassResult:
+        """One pass: closed runs since ``since`` (a day back when unknown), run-less tasks, stuck runs.
 
-    async def run_once(self) -> ReconcileReport:
-        """One pass over closed runs with active tasks, then over run-less tasks."""
-        report = ReconcileReport()
-        await self._closed_runs(report)
-        await self._runless_tasks(report)
-        return report
-
-    async def _closed_runs(self, report: ReconcileReport) -> None:
+        Returns:
+            What the pass did, and the watermark the next pass should start from.
+        """
         started = now()
-        since = self._since.strftime("%Y-%m-%dT%H:%M:%SZ")
-        client = self.workflows.client
-        runs: dict[str, list[WorkflowExecution]] = {}
-        async for execution in client.list_workflows(_CLOSED_QUERY.format(since=since), limit=500):
-            runs.setdefault(execution.id.removeprefix("task-"), []).append(execution)
-        if runs:
-            await self._fail_closed_runs(runs, report)
-        # Advanced only after a complete pass, so a failed pass is repeated in full.
-        self._since = started - timedelta(seconds=max(60.0, 4 * self.settings.reconcile_interval))
+        report = ReconcileReport()
+        await self._closed_runs(since or started - timedelta(hours=24), report)
+        await self._runless_tasks(report)
+        await self._stuck_runs(report)
+        # Visibility lags a little behind closes: the next pass looks back over a margin.
+        margin = timedelta(seconds=max(60.0, 4 * self.settings.reconcile_interval))
+        return ReconcilePassResult(report=report, next_since=started - margin, finished_at=now())
 
-    async def _fail_closed_runs(
-        self, runs: dict[str, list[WorkflowExecution]], report: ReconcileReport
-    ) -> None:
-        client = self.workflows.client
-        ids = []
-        for key in runs:
+    async def _closed_runs(self, since: datetime, report: ReconcileReport) -> None:
+        query = _CLOSED_QUERY.format(since=since.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        batch: dict[uuid.UUID, WorkflowExecution] = {}
+        async for execution in self.workflows.list_runs(query):
+            report.closed_runs_seen += 1
             try:
-                ids.append(uuid.UUID(key))
+                batch[uuid.UUID(task_id_of(execution.id))] = execution
             except ValueError:
                 continue
-        for task in await self.repository.get_many(ids):
-            execution = _run_of(task, runs[str(task.id)])
-            if execution is None or not task.status.is_active:
-                continue
-            status = execution.status or WorkflowExecutionStatus.TERMINATED
-            reason = _REASONS.get(status, f"workflow closed as {status.name}")
-            if status is WorkflowExecutionStatus.TERMINATED:
-                detail = await _termination_reason(client, execution.id, execution.run_id)
-                reason = f"{reason}: {detail}" if detail else reason
-            target = TaskStatus.CANCELLED if status is WorkflowExecutionStatus.CANCELED else TaskStatus.FAILED
-            write = snapshot_write(
-                task,
-                status=target,
-                event=f"task.{target.value}",
-                message=f"reconciled: {reason}",
-                error_message=reason if target is TaskStatus.FAILED else None,
-                completed_at=now(),
-                level="error" if target is TaskStatus.FAILED else "info",
-            )
-            if await self.repository.apply(write, expect_seq=task.seq):
-                if target is TaskStatus.FAILED:
-                    report.failed += 1
-                else:
+            if len(batch) >= _BATCH:
+                await self._record_closed(batch, report)
+                batch = {}
+        if batch:
+            await self._record_closed(batch, report)
+
+    async def _record_closed(
+        self, batch: dict[uuid.UUID, WorkflowExecution], report: ReconcileReport
+    ) -> None:
+        tasks = [
+            t
+            for t in await self.repository.get_many(list(batch))
+            if t.status.is_active or t.next_retry_at is not None
+        ]
+
+        async def one(task: Task) -> None:
+            info = await self.workflows.describe(str(task.id))
+            if info is None or info.running:
+                return  # a newer run of the chain (or a retry) is working on it
+            recorded = await self.runs.record_closed_run(task, info)
+            if recorded is not None:
+                if recorded is TaskStatus.CANCELLED:
                     report.cancelled += 1
-                log.info("reconciled task %s: %s", task.id, reason)
+                else:
+                    report.failed += 1
+
+        await _bounded(one, tasks)
 
     async def _runless_tasks(self, report: ReconcileReport) -> None:
         older_than = now() - timedelta(seconds=self.settings.orphan_grace)
-        for task in await self.repository.runless(older_than, limit=100):
+
+        async def one(task: Task) -> None:
             info = await self.workflows.describe(str(task.id))
-            if info is not None and info.status is WorkflowExecutionStatus.RUNNING:
+            if info is not None and info.running:
                 await self.repository.set_run_id(task.id, info.run_id)
                 report.adopted += 1
-                continue
-            if info is not None and info.status is not None and task.status is not TaskStatus.PENDING:
-                continue
+                return
+            if info is not None:
+                if await self.runs.record_closed_run(task, info) is not None:
+                    report.failed += 1
+                return
             try:
-                run_id = await self.workflows.start(workflow_input(task, self.settings, task.seq))
+                run_id = await self.runs.ensure_started(task)
             except DomainError as err:
-                log.warning("could not start workflow %s: %s", workflow_id_for(str(task.id)), err)
+                log.warning("could not start the workflow of task %s: %s", task.id, err)
+                return
+            if run_id is not None:
+                await self.repository.set_run_id(task.id, run_id)
+                report.started += 1
+                log.info("started the missing workflow of task %s", task.id)
+
+        await _bounded(one, await self.repository.runless(older_than, limit=_BATCH))
+
+    async def _stuck_runs(self, report: ReconcileReport) -> None:
+        if self._reports_problems is None:
+            self._reports_problems = await self.workflows.reports_problems()
+            if not self._reports_problems:
+                log.warning(
+                    "this Temporal server does not report failing workflow tasks; stuck runs go unseen"
+                )
+        if not self._reports_problems:
+            return
+        async for execution in self.workflows.list_runs(_STUCK_QUERY):
+            try:
+                task_id = uuid.UUID(task_id_of(execution.id))
+            except ValueError:
                 continue
-            await self.repository.set_run_id(task.id, run_id)
-            report.started += 1
-            log.info("started missing workflow for task %s", task.id)
+            problems = execution.search_attributes.get("TemporalReportedProblems") or []
+            detail = ", ".join(str(p) for p in problems) or "workflow task failing"
+            report.stuck += 1
+            if len(report.stuck_task_ids) < _STUCK_IDS_SHOWN:
+                report.stuck_task_ids.append(str(task_id))
+            message = (
+                f"the task's workflow cannot make progress: its workflow task keeps failing ({detail}). "
+                "Check the worker logs: a code bug, a non-deterministic workflow change or a "
+                "misconfigured task type"
+            )
+            if await self.repository.annotate(task_id, "task.stuck", message, level="error", problems=detail):
+                log.error("task %s is stuck: %s", task_id, detail)
+
+
+async def _bounded(fn: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:
+    """Run ``fn`` over ``items``, a few at a time (each is a Temporal round trip or two)."""
+    limit = asyncio.Semaphore(_CONCURRENCY)
+
+    async def guarded(item: T) -> None:
+        async with limit:
+            await fn(item)
+
+    await asyncio.gather(*(guarded(item) for item in items))
+
+
+def reconciler_probes(
+    workflows: TaskWorkflows, settings: OperationsSettings
+) -> dict[str, Callable[[], Awaitable[None]]]:
+    """Health probes of the reconciler workflow and of the stuck runs its last pass found."""
+
+    async def reconciler() -> None:
+        state = await workflows.reconciler_status()
+        if state.last_error:
+            raise ProbeFailed(f"the last pass failed: {state.last_error}")
+        stale = timedelta(seconds=max(120.0, 4 * settings.reconcile_interval))
+        if state.last is not None and now() - state.last.finished_at > stale:
+            raise ProbeFailed(f"no pass since {state.last.finished_at.isoformat()}")
+
+    async def stuck_tasks() -> None:
+        state = await workflows.reconciler_status()
+        report = state.last.report if state.last is not None else None
+        if report is not None and report.stuck:
+            ids = ", ".join(report.stuck_task_ids[:10])
+            more = f" and {report.stuck - 10} more" if report.stuck > 10 else ""
+            raise ProbeFailed(f"{report.stuck} tasks stuck (their workflow task keeps failing): {ids}{more}")
+
+    return {"reconciler": reconciler, "stuck_tasks": stuck_tasks}

@@ -1,21 +1,29 @@
-"""TaskService: every task use case, called by both REST and gRPC."""
+"""TaskService: every task use case, called by both REST and gRPC.
+
+The service never writes a task's state: it inserts the row, then every change is made by the
+task's workflow (through Temporal: start, Update, cancel) and mirrored by it. That single writer is
+what keeps the API's view equal to what the workflow did, whatever races between callers, retries,
+reconcilers and crashes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from common_operations.config import OperationsSettings
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.errors import (
     InvalidTransition,
     NotAvailable,
+    RateLimited,
     ServiceUnavailable,
     TaskNotFound,
+    ValidationFailed,
 )
 from common_operations.domain.principal import Principal
 from common_operations.domain.status import (
@@ -35,13 +43,19 @@ from common_operations.domain.task import (
     TaskEvent,
     TaskLog,
     TaskQuery,
+    parse_cancel_reason,
     validate_create,
     validate_paging,
     validate_query,
     validate_report_shape,
 )
-from common_operations.domain.workflow_types import MirrorWrite, TaskWorkflowInput
 from common_operations.infra.temporal import TaskWorkflows
+from common_operations.services.runs import TaskRuns, now, with_snapshot, workflow_input
+
+log = logging.getLogger(__name__)
+
+# How often a retry polls the mirror for its new run's first write.
+_RETRY_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,61 +72,12 @@ class HealthReport:
     """Overall status and the status of each backing service.
 
     ``healthy`` covers the required services (Postgres, Temporal); an optional one that is down
-    (Redis) only makes the report ``degraded``.
+    (Redis, the reconciler, a stuck workflow) only makes the report ``degraded``.
     """
 
     healthy: bool
     components: dict[str, str] = field(default_factory=dict)
     degraded: bool = False
-
-
-def now() -> datetime:
-    """The current time, time-zone aware."""
-    return datetime.now(UTC)
-
-
-def workflow_input(task: Task, settings: OperationsSettings, seq: int) -> TaskWorkflowInput:
-    """What a new run of ``task`` starts from."""
-    return TaskWorkflowInput(
-        task_id=str(task.id),
-        task_type=task.task_type,
-        entity_type=task.entity_type,
-        requested_by=task.requested_by,
-        status=task.status.value,
-        handler=settings.handler_for(task.task_type),
-        task_timeout_seconds=settings.task_timeout,
-        seq=seq,
-        retry_count=task.retry_count,
-        max_retries=task.max_retries,
-        scheduled_at=task.scheduled_at if task.status is TaskStatus.SCHEDULED else None,
-        params=task.params,
-        total_records=task.counts.total,
-    )
-
-
-def snapshot_write(
-    task: Task, *, status: TaskStatus, event: str, message: str, **changes: Any
-) -> MirrorWrite:
-    """A mirror write made by the service (not a workflow): the row's state with ``changes``."""
-    values: dict[str, Any] = {
-        "task_id": str(task.id),
-        "seq": task.seq + 1,
-        "run_id": "",
-        "status": status.value,
-        "event_type": event,
-        "message": message,
-        "total_records": task.counts.total,
-        "processed_records": task.counts.processed,
-        "success_records": task.counts.success,
-        "failed_records": task.counts.failed,
-        "progress_percentage": task.progress_percentage,
-        "started_at": task.started_at,
-        "completed_at": task.completed_at,
-        "error_message": task.error_message,
-        "at": now(),
-    }
-    values.update(changes)
-    return MirrorWrite(**values)
 
 
 class TaskService:
@@ -132,11 +97,13 @@ class TaskService:
             repository: the Postgres mirror.
             workflows: the Temporal gateway.
             settings: task execution rules.
-            optional_probes: health checks of optional services (e.g. ``{"redis": ping}``).
+            optional_probes: health checks of optional parts (e.g. ``{"redis": ping}``); a probe
+                that raises makes the report degraded, with the exception's text.
         """
         self.repository = repository
         self.workflows = workflows
         self.settings = settings
+        self.runs = TaskRuns(repository, workflows, settings)
         self.optional_probes = dict(optional_probes or {})
 
     async def _get(self, task_id: uuid.UUID) -> Task:
@@ -149,9 +116,9 @@ class TaskService:
         """Record a task and start its workflow.
 
         ``requestedBy`` defaults to the caller. The row is written first so the task is readable at
-        once; if the workflow cannot be started the task is marked failed and the error raised, and
-        if this process dies in between, the reconciler starts the workflow. The returned task is
-        the row as written, with the id of the run just started.
+        once. If Temporal refuses the start for good (an invalid or rejected request) the row is
+        removed and the error raised: the task never existed. If the answer is lost (Temporal
+        unreachable), the task stays ``pending`` and the reconciler starts (or adopts) its run.
         """
         max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
         cmd = validate_create(
@@ -177,29 +144,17 @@ class TaskService:
         )
         when = f" scheduled for {cmd.scheduled_at.isoformat()}" if scheduled and cmd.scheduled_at else ""
         await self.repository.insert_task(task, f"task created by {principal.subject}{when}")
+        try:
+            run_id = await self.runs.ensure_started(task)
+        except (ValidationFailed, RateLimited):
+            await self.repository.delete_unstarted(task.id)
+            raise
+        except ServiceUnavailable as err:
+            log.warning("task %s: workflow not started (%s); the reconciler will start it", task.id, err)
+            run_id = None
         # The row is not read back: it is the one just written, and its run id reaches the row
         # with the run's first mirror write (or the reconciler's adoption of a quiet run).
-        return replace(task, run_id=await self._start_run(task, seq=0))
-
-    async def _start_run(self, task: Task, *, seq: int) -> str:
-        try:
-            run_id = await self.workflows.start(workflow_input(task, self.settings, seq))
-        except ServiceUnavailable as err:
-            current = await self._get(task.id)
-            await self.repository.apply(
-                snapshot_write(
-                    current,
-                    status=TaskStatus.FAILED,
-                    event="task.failed",
-                    message=f"could not start the workflow: {err.message}",
-                    error_message=f"could not start the workflow: {err.message}",
-                    completed_at=now(),
-                    level="error",
-                ),
-                expect_seq=current.seq,
-            )
-            raise
-        return run_id
+        return replace(task, run_id=run_id)
 
     async def get_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
         """One task.
@@ -217,33 +172,42 @@ class TaskService:
         """Cancel a scheduled, pending or processing task through its workflow.
 
         ``reason`` (optional, free text) is recorded in the task's event and log line and passed to
-        Temporal as the cancellation reason.
-
-        Waits up to ``operations.cancel_wait`` seconds for the workflow's cleanup and returns the
-        task as it then stands. A task whose run is gone is cancelled in the mirror directly.
+        Temporal as the cancellation reason. Waits up to ``operations.cancel_wait`` seconds for the
+        workflow's cleanup and returns the task as it then stands. A task whose run was never
+        started gets it started first, so the cancellation is still recorded by its own workflow.
 
         Raises:
             TaskNotFound: no such task.
             InvalidTransition: the task is completed, failed or cancelled.
         """
+        text = parse_cancel_reason(reason)
         task = await self._get(task_id)
-        ensure_cancellable(task.status)
-        requested = await self.workflows.cancel(str(task_id), self.settings.cancel_wait)
-        if not requested:
-            await self.repository.apply(
-                snapshot_write(
-                    task,
-                    status=TaskStatus.CANCELLED,
-                    event="task.cancelled",
-                    message=f"task cancelled by {principal.subject} (no workflow run was active)",
-                    completed_at=now(),
-                ),
-                expect_seq=task.seq,
-            )
+        ensure_cancellable(task.status, retry_pending=task.next_retry_at is not None)
+        by = f"requested by {principal.subject}"
+        temporal_reason = f"{text} ({by})" if text else by
+        wait = self.settings.cancel_wait
+        if not await self.workflows.cancel(str(task_id), temporal_reason, wait):
+            info = await self.workflows.describe(str(task_id))
+            if info is None or info.running:
+                # Created but its run not started yet (or it just started): start or join it.
+                await self.runs.ensure_started(task)
+                cancelled = await self.workflows.cancel(str(task_id), temporal_reason, wait)
+            else:
+                # The run ended without recording it (terminated): record that first.
+                await self.runs.record_closed_run(task, info)
+                cancelled = False
+            if not cancelled:
+                current = await self._get(task_id)
+                ensure_cancellable(current.status, retry_pending=current.next_retry_at is not None)
+                raise InvalidTransition("the task's workflow run has ended; read the task again")
         return await self._get(task_id)
 
     async def retry_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
-        """Start a new run of a failed task that has retries left.
+        """Start the next attempt of a failed task that has retries left.
+
+        A new run of the task's workflow records the retry itself; one that waits to retry the task
+        automatically is asked to retry now instead. Answers once the task is pending again (or
+        after ``operations.cancel_wait`` seconds with the task as it then stands).
 
         Raises:
             TaskNotFound: no such task.
@@ -252,53 +216,56 @@ class TaskService:
         """
         task = await self._get(task_id)
         ensure_retryable(task.status, task.retry_count, task.max_retries)
-        attempt = task.retry_count + 1
-        write = snapshot_write(
-            task,
-            status=TaskStatus.PENDING,
-            event="task.retried",
-            message=f"retry {attempt} of {task.max_retries} requested by {principal.subject}",
-            error_message=None,
-            completed_at=None,
+        if task.next_retry_at is not None:
+            return with_snapshot(task, await self.workflows.retry_now(str(task_id)))
+        message = f"requested by {principal.subject}"
+        await self.workflows.start(
+            workflow_input(task, self.settings, retry_message=message), new_attempt=True
         )
-        if not await self.repository.apply(
-            write, expect_seq=task.seq, retry_count=attempt, clear_run_id=True
-        ):
-            raise InvalidTransition("the task changed while the retry was requested; read it again")
-        retried = await self._get(task_id)
-        return replace(retried, run_id=await self._start_run(retried, seq=retried.seq))
+        return await self._await_change(task)
+
+    async def _await_change(self, task: Task) -> Task:
+        deadline = asyncio.get_running_loop().time() + self.settings.cancel_wait
+        while True:
+            current = await self._get(task.id)
+            if current.seq != task.seq or asyncio.get_running_loop().time() > deadline:
+                return current
+            await asyncio.sleep(_RETRY_POLL_SECONDS)
 
     async def update_progress(self, principal: Principal, task_id: uuid.UUID, report: ProgressReport) -> Task:
         """Apply an external worker's progress report through the task's workflow.
 
-        The report reaches the workflow as a Temporal Update; its validator rejects reports on
-        finished tasks, negative counts and ``processed > total`` before they reach history.
+        The report reaches the workflow as a Temporal Update whose validator rejects reports on
+        finished tasks, negative counts and ``processed > total`` before they reach history. The
+        answer shows the task as the workflow holds it after the report (exact counts), while the
+        mirror catches up within ``operations.progress_interval``.
 
         Raises:
             TaskNotFound: no such task.
             ValidationFailed: the report is inconsistent.
             InvalidTransition: the task no longer accepts reports.
+            RateLimited: too many reports of this task are in flight; retry after a second.
         """
         validate_report_shape(report)
         task = await self._get(task_id)
         # Checked here too (the workflow's validator has the last word) so that a report on a
         # finished task is refused without a round trip to a run that may no longer exist.
         ensure_accepts_reports(task.status)
-        await self.workflows.report_progress(str(task_id), report)
-        return await self._get(task_id)
+        snapshot = await self.workflows.report_progress(str(task_id), report)
+        return with_snapshot(task, snapshot)
 
     async def delete_task(self, principal: Principal, task_id: uuid.UUID) -> None:
         """Delete a finished or failed task with its logs and events.
 
         Raises:
             TaskNotFound: no such task.
-            InvalidTransition: the task is pending, scheduled or processing.
+            InvalidTransition: the task is pending, scheduled or processing, or waits for a retry.
         """
         task = await self._get(task_id)
-        ensure_deletable(task.status)
+        ensure_deletable(task.status, retry_pending=task.next_retry_at is not None)
         if not await self.repository.delete_closed(task_id):
             current = await self._get(task_id)
-            ensure_deletable(current.status)
+            ensure_deletable(current.status, retry_pending=current.next_retry_at is not None)
             raise InvalidTransition("the task changed while it was being deleted; read it again")
 
     async def task_logs(self, principal: Principal, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
@@ -330,7 +297,7 @@ class TaskService:
         return DownloadUrl(url=task.output_file_url, file_name=task.file_name)
 
     async def health(self) -> HealthReport:
-        """Reachability of Postgres and Temporal (required) and of optional services."""
+        """Reachability of Postgres and Temporal (required) and the state of optional parts."""
         required = {"database": self.repository.ping, "temporal": self.workflows.ping}
         probes = {**required, **self.optional_probes}
         results = await asyncio.gather(*(_probe(p) for p in probes.values()))
@@ -342,9 +309,15 @@ class TaskService:
         )
 
 
+class ProbeFailed(Exception):
+    """A health probe's finding, shown as is (no exception type in front of it)."""
+
+
 async def _probe(probe: Callable[[], Awaitable[None]]) -> str:
     try:
         await asyncio.wait_for(probe(), timeout=5)
+    except ProbeFailed as err:
+        return f"down: {err}"
     except Exception as err:
         return f"down: {type(err).__name__}: {err}"
     return "up"

@@ -1,38 +1,64 @@
-"""``TaskWorkflow``: one run per task attempt, the single writer of a task's state.
+"""``TaskWorkflow``: one run chain per task attempt, the single writer of a task's state.
 
 Every change of state gets the next sequence number and is mirrored to Postgres by a local activity
-(no server round trip), so the mirror can order writes and ignore stale ones. The ``progress`` query
-answers from memory; external workers report through the ``report_progress`` update, whose validator
-rejects bad reports before they reach history.
+(no server round trip). The run chain owns the task row: its first write takes the row over with a
+compare-and-set on the sequence, and every later write is fenced by the chain's owner token, so no
+other writer's change can land in between (``db.repository``).
+
+Progress reports arrive as the ``report_progress`` Update. A report that changes the status is
+mirrored before the Update answers; a plain progress report only changes memory, and the main loop
+mirrors the latest counts at most once per ``progress_interval`` (the ``progress`` query is always
+exact). A run continues as new when Temporal suggests it or after ``max_reports_per_run`` reports,
+carrying its whole state, so a task may take any number of reports for as long as it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+)
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from common_operations.domain.errors import DomainError, InvalidTransition, ValidationFailed
+    from common_operations.domain.errors import (
+        DomainError,
+        InvalidTransition,
+        ReportLimitReached,
+        ValidationFailed,
+    )
     from common_operations.domain.status import TaskStatus, ensure_accepts_reports, ensure_transition
     from common_operations.domain.task import ProgressReport, RecordCounts, apply_report
     from common_operations.domain.workflow_types import (
         MIRROR_ACTIVITY,
         PROGRESS_QUERY,
         REPORT_PROGRESS_UPDATE,
+        RETRY_NOW_UPDATE,
         SA_ENTITY_TYPE,
         SA_PROGRESS,
         SA_REQUESTED_BY,
         SA_TASK_STATUS,
         SA_TASK_TYPE,
+        SUPERSEDED_ERROR,
+        TASK_FAILED_ERROR,
         WORKFLOW_TYPE,
         DelegatedTaskInput,
         DelegatedTaskResult,
         HandlerKind,
+        LogLine,
+        MirrorOutcome,
         MirrorWrite,
         ProgressSnapshot,
         TaskWorkflowInput,
@@ -86,32 +112,39 @@ def _describe_failure(err: BaseException) -> str:
 
 @workflow.defn(name=WORKFLOW_TYPE)
 class TaskWorkflow:
-    """Runs one attempt of a task and mirrors every state change."""
+    """Runs the attempts of a task and mirrors every state change."""
 
     @workflow.init
     def __init__(self, inp: TaskWorkflowInput) -> None:
-        """Restore the state the service handed over (status, sequence, counts)."""
+        """Restore the state handed over by the service or by the previous run of the chain."""
         self._inp = inp
-        self._status = TaskStatus(inp.status)
-        self._seq = inp.seq
-        self._counts = RecordCounts(total=inp.total_records)
-        self._started_at: datetime | None = None
-        self._completed_at: datetime | None = None
-        self._error: str | None = None
-        self._output_file_url: str | None = None
-        self._reports = 0
+        self._s = inp.state
+        self._status = TaskStatus(self._s.status)
+        self._counts = RecordCounts(
+            total=self._s.total_records,
+            processed=self._s.processed_records,
+            success=self._s.success_records,
+            failed=self._s.failed_records,
+        )
+        # A chain is owned by its first run; continue-as-new carries the token on.
+        self._owner = self._s.owner or workflow.info().run_id
+        self._recent: deque[str] = deque(
+            self._s.recent_report_ids, maxlen=max(1, inp.limits.remembered_report_ids)
+        )
+        self._recent_set = set(self._recent)
         self._lock = asyncio.Lock()
+        self._reports_this_run = 0
+        self._last_flush: datetime | None = None
+        self._retry_now = False
+        self._fenced: str | None = None
+        self._sa_status = self._status
+        self._sa_progress = int(self._counts.percentage)
 
     @workflow.run
     async def run(self, inp: TaskWorkflowInput) -> ProgressSnapshot:
-        """Wait for the schedule, hand the work to its handler and record the outcome."""
+        """Wait for the schedule, hand the work to its handler, retry if configured, record it all."""
         try:
-            if self._status is TaskStatus.SCHEDULED:
-                await self._wait_for_schedule()
-            if inp.handler.kind is HandlerKind.DELEGATED:
-                await self._run_delegated()
-            else:
-                await self._await_external()
+            await self._run_attempts()
         except BaseException as err:
             if not is_cancelled_exception(err):
                 raise
@@ -119,9 +152,30 @@ class TaskWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 raise
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._fenced:
+            raise ApplicationError(self._fenced, type=SUPERSEDED_ERROR, non_retryable=True)
         if self._status is TaskStatus.FAILED:
-            raise ApplicationError(self._error or "task failed", type="TASK_FAILED", non_retryable=True)
+            raise ApplicationError(
+                self._s.error_message or "task failed", type=TASK_FAILED_ERROR, non_retryable=True
+            )
         return self.progress()
+
+    async def _run_attempts(self) -> None:
+        if self._inp.retry_message is not None:
+            async with self._lock:
+                await self._begin_retry(self._inp.retry_message, automatic=False)
+        if self._status is TaskStatus.SCHEDULED:
+            await self._wait_for_schedule()
+        while not self._fenced:
+            if self._s.attempt_deadline is None:
+                self._start_attempt_clock()
+            if self._inp.handler.kind is HandlerKind.DELEGATED:
+                await self._run_delegated()
+            else:
+                await self._await_external()
+            if self._status is not TaskStatus.FAILED or self._s.next_retry_at is None or self._fenced:
+                return
+            await self._await_automatic_retry()
 
     # -- queries and updates ---------------------------------------------------------------
 
@@ -136,13 +190,26 @@ class TaskWorkflow:
             success_records=self._counts.success,
             failed_records=self._counts.failed,
             progress_percentage=self._counts.percentage,
-            seq=self._seq,
-            error_message=self._error,
+            seq=self._s.seq,
+            error_message=self._s.error_message,
+            retry_count=self._s.retry_count,
+            started_at=self._s.started_at,
+            completed_at=self._s.completed_at,
+            next_retry_at=self._s.next_retry_at,
+            reports=self._s.reports,
+            runs=self._s.runs,
         )
 
     @workflow.update(name=REPORT_PROGRESS_UPDATE)
     async def report_progress(self, report: ProgressReport) -> ProgressSnapshot:
-        """Apply a worker's progress report; the first one starts the task, ``is_completed`` ends it."""
+        """Apply a worker's progress report; the first one starts the task, ``is_completed`` ends it.
+
+        A report whose id this chain has applied before (a retry that reached a later run) is
+        answered with the current state and not applied again.
+        """
+        report_id = self._update_id()
+        if report_id in self._recent_set:
+            return self.progress()
         async with self._lock:
             try:
                 self._check_report(report)
@@ -150,36 +217,64 @@ class TaskWorkflow:
             except DomainError as err:
                 # State may have moved between validation and now (e.g. two completions at once).
                 raise _rejection(err) from err
+            self._remember(report_id)
             self._counts = counts
-            self._reports += 1
-            note = report.message or (
-                f"processed {counts.processed}"
-                + (f"/{counts.total}" if counts.total else "")
-                + f" records ({counts.success} ok, {counts.failed} failed)"
-            )
-            if self._status is TaskStatus.PENDING:
+            self._s.reports += 1
+            self._reports_this_run += 1
+            self._s.last_report_at = workflow.now()
+            note = report.message or self._counts_note()
+            started = self._status is TaskStatus.PENDING
+            if started:
                 await self._transition(TaskStatus.PROCESSING, "task.started", f"worker started: {note}")
-            elif not report.is_completed:
-                await self._write("task.progress", note)
             if report.is_completed:
                 if report.error_message:
-                    self._error = report.error_message
-                    await self._transition(
-                        TaskStatus.FAILED, "task.failed", f"worker failed: {report.error_message}", "error"
-                    )
+                    await self._fail(f"worker failed: {report.error_message}", report.error_message)
                 else:
                     await self._transition(TaskStatus.COMPLETED, "task.completed", f"completed: {note}")
+            elif not started:
+                self._mark_dirty(note, log=report.message)
         return self.progress()
 
     @report_progress.validator
     def _validate_report(self, report: ProgressReport) -> None:
+        if self._update_id() in self._recent_set:
+            return
         try:
             self._check_report(report)
             apply_report(self._counts, report)
         except DomainError as err:
             raise _rejection(err) from err
 
+    @workflow.update(name=RETRY_NOW_UPDATE)
+    async def retry_now(self) -> ProgressSnapshot:
+        """Skip the rest of an automatic retry's backoff: retry the failed task now.
+
+        Answers once the task is pending again (or was cancelled meanwhile).
+        """
+        self._retry_now = True
+        await workflow.wait_condition(lambda: self._status is not TaskStatus.FAILED or bool(self._fenced))
+        return self.progress()
+
+    @retry_now.validator
+    def _validate_retry_now(self) -> None:
+        if self._status is not TaskStatus.FAILED or self._s.next_retry_at is None:
+            raise _rejection(InvalidTransition("no automatic retry is waiting", current=self._status.value))
+
+    def _update_id(self) -> str:
+        info = workflow.current_update_info()
+        return info.id if info is not None else ""
+
+    def _remember(self, report_id: str) -> None:
+        if not report_id:
+            return
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(report_id)
+        self._recent_set.add(report_id)
+
     def _check_report(self, report: ProgressReport) -> None:
+        if self._fenced:
+            raise InvalidTransition("this run no longer owns the task")
         ensure_accepts_reports(self._status)
         if self._inp.handler.kind is HandlerKind.DELEGATED:
             if self._status is not TaskStatus.PROCESSING:
@@ -190,8 +285,21 @@ class TaskWorkflow:
                     "accepted for it",
                     field="isCompleted",
                 )
+            if self._reports_this_run >= self._inp.limits.max_reports_per_run:
+                # Temporal caps the Updates of one run, and a run cannot continue as new while its
+                # activity works: the activity's result carries its final counts instead.
+                raise ReportLimitReached(
+                    f"this attempt of the delegated task took {self._reports_this_run} progress reports, "
+                    "the most one attempt accepts; return the final counts in the activity's result",
+                    limit=self._inp.limits.max_reports_per_run,
+                )
 
     # -- handlers --------------------------------------------------------------------------
+
+    def _start_attempt_clock(self) -> None:
+        now = workflow.now()
+        self._s.attempt_deadline = now + timedelta(seconds=self._inp.task_timeout_seconds)
+        self._s.last_report_at = self._s.last_report_at or now
 
     async def _wait_for_schedule(self) -> None:
         if self._inp.scheduled_at is not None:
@@ -202,69 +310,116 @@ class TaskWorkflow:
             await self._transition(TaskStatus.PENDING, "task.pending", "scheduled time reached")
 
     async def _await_external(self) -> None:
-        """Wait for reports; fail the task when the worker stays silent or the run takes too long."""
-        silence = self._inp.handler.heartbeat_timeout_seconds
-        deadline = workflow.now() + timedelta(seconds=self._inp.task_timeout_seconds)
-        while not self._status.is_closed:
-            remaining = (deadline - workflow.now()).total_seconds()
-            seen = self._reports
-
-            def reported_or_closed(seen: int = seen) -> bool:
-                return self._reports != seen or self._status.is_closed
-
-            try:
-                await workflow.wait_condition(
-                    reported_or_closed,
-                    timeout=max(0.001, min(silence, remaining)),
+        """Wait for reports; fail the task when the worker stays silent or the attempt takes too long."""
+        silence = timedelta(seconds=self._inp.handler.heartbeat_timeout_seconds)
+        while not self._status.is_closed and not self._fenced:
+            if self._should_continue_as_new():
+                await self._continue_as_new()
+            deadline = self._s.attempt_deadline or workflow.now()
+            silent_at = (self._s.last_report_at or workflow.now()) + silence
+            await self._idle(until=lambda: self._should_continue_as_new(), wake_at=min(deadline, silent_at))
+            now = workflow.now()
+            if self._status.is_closed or self._fenced or self._should_continue_as_new():
+                continue
+            if now >= deadline:
+                await self._fail_locked(f"task exceeded its timeout of {self._inp.task_timeout_seconds:g}s")
+            elif now >= (self._s.last_report_at or now) + silence:
+                await self._fail_locked(
+                    f"no progress report from the external worker within {silence.total_seconds():g}s "
+                    f"(heartbeat timeout of task type {self._inp.task_type!r})"
                 )
-            except TimeoutError:
-                if remaining <= silence:
-                    reason = f"task exceeded its timeout of {self._inp.task_timeout_seconds:g}s"
-                else:
-                    reason = (
-                        f"no progress report from the external worker within {silence:g}s "
-                        f"(heartbeat timeout of task type {self._inp.task_type!r})"
-                    )
-                await self._fail(reason)
+
+    async def _idle(self, *, until: Callable[[], bool], wake_at: datetime | None) -> None:
+        """Wait until ``until()``, the task closes or ``wake_at``, mirroring coalesced progress.
+
+        Reports only mark the state dirty; the mirror is written at most once per
+        ``progress_interval``, with the latest counts. No timer is started per report.
+        """
+        interval = timedelta(seconds=self._inp.limits.progress_interval_seconds)
+
+        def stop() -> bool:
+            return self._status.is_closed or bool(self._fenced) or until()
+
+        while not stop():
+            now = workflow.now()
+            if wake_at is not None and now >= wake_at:
+                return
+            flush_at = (self._last_flush + interval) if self._last_flush is not None else now
+            if self._s.dirty and flush_at <= now:
+                async with self._lock:
+                    if self._s.dirty and not self._status.is_closed:
+                        note = self._s.last_message or self._counts_note()
+                        await self._write("task.progress", note, log_message=False)
+                continue
+            targets = [t for t in (wake_at, flush_at if self._s.dirty else None) if t is not None]
+            timeout = (min(targets) - now).total_seconds() if targets else None
+            dirty_now = self._s.dirty
+
+            def changed(dirty_now: bool = dirty_now) -> bool:
+                # Wake for the first report after a write (to arm the flush timer), not for each.
+                return stop() or (self._s.dirty and not dirty_now)
+
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(changed, timeout=timeout)
 
     async def _run_delegated(self) -> None:
         spec = self._inp.handler
-        assert spec.activity and spec.task_queue, "delegated handler needs activity and task_queue"
+        if spec.activity is None or spec.task_queue is None:  # rejected when the configuration loads
+            await self._fail_locked(f"task type {self._inp.task_type!r} names no activity and task queue")
+            return
         async with self._lock:
             await self._transition(
                 TaskStatus.PROCESSING,
                 "task.started",
                 f"delegated to activity {spec.activity} on task queue {spec.task_queue}",
             )
-        timeout = timedelta(seconds=self._inp.task_timeout_seconds)
+        deadline = self._s.attempt_deadline or workflow.now()
+        timeout = max(timedelta(seconds=1), deadline - workflow.now())
+        handle = workflow.start_activity(
+            spec.activity,
+            DelegatedTaskInput(
+                task_id=self._inp.task_id,
+                task_type=self._inp.task_type,
+                entity_type=self._inp.entity_type,
+                requested_by=self._inp.requested_by,
+                params=self._inp.params,
+                attempt_of_task=self._s.retry_count,
+            ),
+            task_queue=spec.task_queue,
+            schedule_to_close_timeout=timeout,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
+                backoff_coefficient=spec.retry.backoff_coefficient,
+                maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
+                maximum_attempts=spec.retry.maximum_attempts,
+            ),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            result_type=DelegatedTaskResult,
+        )
         try:
-            result = await workflow.execute_activity(
-                spec.activity,
-                DelegatedTaskInput(
-                    task_id=self._inp.task_id,
-                    task_type=self._inp.task_type,
-                    entity_type=self._inp.entity_type,
-                    requested_by=self._inp.requested_by,
-                    params=self._inp.params,
-                    attempt_of_task=self._inp.retry_count,
-                ),
-                task_queue=spec.task_queue,
-                schedule_to_close_timeout=timeout,
-                start_to_close_timeout=timeout,
-                heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_seconds),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
-                    backoff_coefficient=spec.retry.backoff_coefficient,
-                    maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
-                    maximum_attempts=spec.retry.maximum_attempts,
-                ),
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                result_type=DelegatedTaskResult,
-            )
+            # The activity's own progress reports are mirrored (coalesced) while it works.
+            await self._idle(until=handle.done, wake_at=None)
+            if self._fenced:
+                handle.cancel()
+                return
+            result = await handle
+        except asyncio.CancelledError:
+            # The workflow is being cancelled while we waited beside the activity: cancel it and
+            # wait for it to acknowledge, as WAIT_CANCELLATION_COMPLETED promises.
+            if not handle.done():
+                handle.cancel()
+                try:
+                    await handle
+                except BaseException as err:
+                    if not is_cancelled_exception(err):
+                        raise
+            raise
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            await self._fail(f"activity {spec.activity} failed: {_describe_failure(err)}")
+            await self._fail_locked(f"activity {spec.activity} failed: {_describe_failure(err)}")
             return
         async with self._lock:
             if self._status.is_closed:
@@ -278,76 +433,220 @@ class TaskWorkflow:
         if result is None:
             return
         c = self._counts
-        total = c.total if result.total_records is None else result.total_records
-        processed = c.processed if result.processed_records is None else result.processed_records
         self._counts = RecordCounts(
-            total=total,
-            processed=processed,
+            total=c.total if result.total_records is None else result.total_records,
+            processed=c.processed if result.processed_records is None else result.processed_records,
             success=c.success if result.success_records is None else result.success_records,
             failed=c.failed if result.failed_records is None else result.failed_records,
         )
-        self._output_file_url = result.output_file_url or self._output_file_url
+        self._s.output_file_url = result.output_file_url or self._s.output_file_url
 
-    async def _fail(self, reason: str) -> None:
+    # -- failure, automatic retries, cancellation ------------------------------------------
+
+    async def _fail_locked(self, reason: str) -> None:
         async with self._lock:
-            if self._status.is_closed:
-                return
-            self._error = reason
-            await self._transition(TaskStatus.FAILED, "task.failed", reason, "error")
+            if not self._status.is_closed:
+                await self._fail(reason, reason)
+
+    async def _fail(self, message: str, error: str) -> None:
+        """Record a failed attempt, with the time of the automatic retry if one is due."""
+        self._s.error_message = error
+        delay = self._automatic_retry_delay()
+        self._s.next_retry_at = workflow.now() + timedelta(seconds=delay) if delay is not None else None
+        if self._s.next_retry_at is not None:
+            when = self._s.next_retry_at.isoformat()
+            message = f"{message}; automatic retry {self._s.auto_retries + 1} at {when}"
+        await self._transition(TaskStatus.FAILED, "task.failed", message, "error")
+
+    def _automatic_retry_delay(self) -> float | None:
+        spec = self._inp.handler.auto_retry
+        if spec is None or self._s.auto_retries >= spec.attempts:
+            return None
+        if self._s.retry_count >= self._inp.max_retries:
+            return None
+        return spec.delay_seconds(self._s.auto_retries + 1)
+
+    async def _await_automatic_retry(self) -> None:
+        assert self._s.next_retry_at is not None
+        timeout = max(0.0, (self._s.next_retry_at - workflow.now()).total_seconds())
+        try:
+            await workflow.wait_condition(lambda: self._retry_now, timeout=timeout)
+            how = "retried at once on request"
+        except TimeoutError:
+            how = "automatic retry"
+        async with self._lock:
+            await self._begin_retry(how, automatic=True)
+
+    async def _begin_retry(self, message: str, *, automatic: bool) -> None:
+        """Move a failed task back to pending for its next attempt (automatic or by hand).
+
+        The attempt does the work again, so it counts again from zero (the total stays known).
+        """
+        self._counts = RecordCounts(total=self._counts.total)
+        self._s.retry_count += 1
+        if automatic:
+            self._s.auto_retries += 1
+        self._s.error_message = None
+        self._s.completed_at = None
+        self._s.next_retry_at = None
+        self._s.attempt_deadline = None
+        self._s.last_report_at = workflow.now()
+        self._retry_now = False
+        await self._transition(
+            TaskStatus.PENDING,
+            "task.retried",
+            f"retry {self._s.retry_count} of {self._inp.max_retries}: {message}",
+        )
 
     async def _finish_cancelled(self) -> bool:
-        """Record the cancellation; the delegated activity has already been cancelled and awaited.
+        """Record the cancellation; a delegated activity has already been cancelled and awaited.
 
         Returns:
             False if the task had already ended (the cancellation came too late to matter).
         """
         async with self._lock:
-            if self._status.is_closed:
+            if self._fenced or (self._status.is_closed and self._s.next_retry_at is None):
                 return False
-            await self._transition(TaskStatus.CANCELLED, "task.cancelled", "task cancelled; cleanup done")
+            reason = workflow.cancellation_reason()
+            self._s.next_retry_at = None
+            await self._transition(
+                TaskStatus.CANCELLED,
+                "task.cancelled",
+                f"task cancelled: {reason}; cleanup done" if reason else "task cancelled; cleanup done",
+            )
         return True
 
+    # -- continue-as-new -------------------------------------------------------------------
+
+    def _should_continue_as_new(self) -> bool:
+        if self._inp.handler.kind is HandlerKind.DELEGATED or self._status.is_closed:
+            return False
+        return (
+            self._reports_this_run >= self._inp.limits.max_reports_per_run
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    async def _continue_as_new(self) -> None:
+        """Hand the whole state to a new run once every report of this run has been answered."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        state = replace(
+            self._s,
+            status=self._status.value,
+            total_records=self._counts.total,
+            processed_records=self._counts.processed,
+            success_records=self._counts.success,
+            failed_records=self._counts.failed,
+            owner=self._owner,
+            runs=self._s.runs + 1,
+            recent_report_ids=list(self._recent),
+        )
+        workflow.continue_as_new(
+            replace(self._inp, state=state, retry_message=None, scheduled_at=None),
+            search_attributes=TypedSearchAttributes(
+                search_attribute_pairs(self._inp, self._status, self._counts.percentage)
+            )
+            if self._inp.search_attributes
+            else None,
+        )
+
     # -- state changes ---------------------------------------------------------------------
+
+    def _counts_note(self) -> str:
+        c = self._counts
+        return (
+            f"processed {c.processed}"
+            + (f"/{c.total}" if c.total else "")
+            + f" records ({c.success} ok, {c.failed} failed)"
+        )
+
+    def _mark_dirty(self, note: str, *, log: str | None) -> None:
+        self._s.dirty = True
+        self._s.last_message = note
+        if log is None:
+            return
+        if len(self._s.pending_logs) < self._inp.limits.buffered_messages:
+            self._s.pending_logs.append(LogLine("info", log, workflow.now()))
+        else:
+            self._s.omitted_messages += 1
 
     async def _transition(self, status: TaskStatus, event: str, message: str, level: str = "info") -> None:
         ensure_transition(self._status, status)
         self._status = status
-        if status is TaskStatus.PROCESSING and self._started_at is None:
-            self._started_at = workflow.now()
+        if status is TaskStatus.PROCESSING and self._s.started_at is None:
+            self._s.started_at = workflow.now()
         if status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
-            self._completed_at = workflow.now()
+            self._s.completed_at = workflow.now()
         await self._write(event, message, level)
 
-    async def _write(self, event: str, message: str, level: str = "info") -> None:
-        self._seq += 1
-        if self._inp.search_attributes:
-            workflow.upsert_search_attributes(
-                [
-                    pair.key.value_set(pair.value)
-                    for pair in search_attribute_pairs(self._inp, self._status, self._counts.percentage)
-                ]
-            )
-        await workflow.execute_local_activity(
+    async def _write(
+        self, event: str, message: str, level: str = "info", *, log_message: bool = True
+    ) -> None:
+        """Mirror the whole state with one event and its log lines (the caller holds the lock).
+
+        The log lines are the report messages buffered since the last write, then ``message``
+        (unless ``log_message`` is off and buffered lines already tell the story).
+        """
+        claim_seq = None if self._s.claimed else self._s.seq
+        self._s.seq += 1
+        logs = self._s.pending_logs
+        if self._s.omitted_messages:
+            logs = [*logs, LogLine("info", f"{self._s.omitted_messages} more report messages not logged")]
+        if log_message or not logs:
+            logs = [*logs, LogLine(level, message)]
+        self._s.pending_logs, self._s.omitted_messages = [], 0
+        self._s.dirty = False
+        self._s.last_message = message
+        now = workflow.now()
+        self._last_flush = now
+        self._upsert_search_attributes()
+        c = self._counts
+        outcome = await workflow.execute_local_activity(
             MIRROR_ACTIVITY,
             MirrorWrite(
                 task_id=self._inp.task_id,
-                seq=self._seq,
+                seq=self._s.seq,
                 run_id=workflow.info().run_id,
+                owner=self._owner,
+                claim_seq=claim_seq,
                 status=self._status.value,
                 event_type=event,
                 message=message,
                 level=level,
-                total_records=self._counts.total,
-                processed_records=self._counts.processed,
-                success_records=self._counts.success,
-                failed_records=self._counts.failed,
-                progress_percentage=self._counts.percentage,
-                started_at=self._started_at,
-                completed_at=self._completed_at,
-                error_message=self._error,
-                output_file_url=self._output_file_url,
-                at=workflow.now(),
+                total_records=c.total,
+                processed_records=c.processed,
+                success_records=c.success,
+                failed_records=c.failed,
+                progress_percentage=c.percentage,
+                started_at=self._s.started_at,
+                completed_at=self._s.completed_at,
+                error_message=self._s.error_message,
+                output_file_url=self._s.output_file_url,
+                retry_count=self._s.retry_count,
+                next_retry_at=self._s.next_retry_at,
+                at=now,
+                logs=logs,
             ),
             start_to_close_timeout=MIRROR_TIMEOUT,
             retry_policy=MIRROR_RETRY,
+            result_type=str,
         )
+        if MirrorOutcome(outcome) is MirrorOutcome.FENCED:
+            # Another attempt took the task over (or it was deleted): stop, write nothing more.
+            self._fenced = "another run owns this task now, or it was deleted; this run stopped"
+            raise ApplicationError(self._fenced, type=SUPERSEDED_ERROR, non_retryable=True)
+        self._s.claimed = True
+
+    def _upsert_search_attributes(self) -> None:
+        progress = int(self._counts.percentage)
+        if not self._inp.search_attributes or (self._status, progress) == (
+            self._sa_status,
+            self._sa_progress,
+        ):
+            return
+        updates: list[SearchAttributeUpdate[Any]] = []
+        if self._status is not self._sa_status:
+            updates.append(TASK_STATUS_KEY.value_set(self._status.value))
+        if progress != self._sa_progress:
+            updates.append(PROGRESS_KEY.value_set(progress))
+        workflow.upsert_search_attributes(updates)
+        self._sa_status, self._sa_progress = self._status, progress

@@ -44,7 +44,7 @@ S = TaskStatus
         (S.PROCESSING, S.COMPLETED, True),
         (S.PROCESSING, S.PENDING, False),
         (S.FAILED, S.PENDING, True),
-        (S.FAILED, S.CANCELLED, False),
+        (S.FAILED, S.CANCELLED, True),  # only while an automatic retry waits (ensure_cancellable)
         (S.COMPLETED, S.FAILED, False),
         (S.CANCELLED, S.PENDING, False),
     ],

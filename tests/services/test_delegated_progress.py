@@ -54,4 +54,7 @@ async def test_delegated_activity_reports_progress_then_completes(
     # Completion belongs to the activity's return, not to a report.
     assert refused and "isCompleted" in refused[0]
     events = [e.event_type for e in (await runtime.tasks.task_events(SERVICE, task.id, PageRequest())).items]
-    assert events == ["task.created", "task.started", *["task.progress"] * 3, "task.completed"]
+    # Reports are coalesced (at most one task.progress per progress_interval); the counts of the
+    # last one always reach the mirror (here with the completion).
+    assert events[:2] == ["task.created", "task.started"] and events[-1] == "task.completed"
+    assert set(events[2:-1]) <= {"task.progress"} and len(events) <= 6

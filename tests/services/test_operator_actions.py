@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +17,6 @@ from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import CreateTask, PageRequest, ProgressReport, Task
 from common_operations.domain.workflow_types import workflow_id_for
 from common_operations.infra.binaries import wheel_binary
-from common_operations.services.tasks import snapshot_write
 from tests.helpers import assert_eventually
 
 OPERATOR = Principal("operator-test")
@@ -38,14 +36,6 @@ async def temporal_cli(runtime: Runtime, *args: str) -> str:
     out, err = await proc.communicate()
     assert proc.returncode == 0, f"temporal {' '.join(args)} failed: {err.decode()}"
     return out.decode()
-
-
-@pytest.fixture
-async def reconciler(runtime: Runtime) -> AsyncIterator[None]:
-    task = asyncio.create_task(runtime.reconciler().run_forever())
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _get(runtime: Runtime, task_id: uuid.UUID) -> Task:
@@ -111,28 +101,29 @@ async def test_cli_terminate_is_reconciled_as_failed(
     events = (await svc.task_events(OPERATOR, task.id, PageRequest())).items
     assert [e.event_type for e in events][-1] == "task.failed"
 
-    # A retry that has written its intent but not yet started its run must not be taken for the
-    # terminated attempt (whose run is still in the reconciler's window).
-    intent = snapshot_write(failed, status=TaskStatus.PENDING, event="task.retried", message="retry")
-    assert await runtime.repository.apply(intent, expect_seq=failed.seq, retry_count=1, clear_run_id=True)
-    report = await runtime.reconciler().run_once()
-    assert report.failed == 0
-    assert (await _get(runtime, task.id)).status is TaskStatus.PENDING
-    # Put it back as it was, then retry through the service.
-    back = snapshot_write(
-        await _get(runtime, task.id), status=TaskStatus.FAILED, event="task.failed", message="x"
-    )
-    assert await runtime.repository.apply(back, expect_seq=failed.seq + 1, retry_count=0)
-    failed = await _get(runtime, task.id)
-
-    # A reconciled failure can be retried like any other: a new run of the same workflow id.
+    # A reconciled failure can be retried like any other: a new run of the same workflow id, which
+    # records the retry itself.
     retried = await svc.retry_task(OPERATOR, task.id)
     assert retried.status is TaskStatus.PENDING and retried.retry_count == 1
     assert retried.run_id is not None and retried.run_id != failed.run_id
+    # The terminated run is still in the reconciler's window: its passes leave the new attempt alone.
+    status = await runtime.workflows.reconciler_status()
+    await assert_eventually(runtime.workflows.reconciler_status, lambda s: s.passes >= status.passes + 2)
+    assert (await _get(runtime, task.id)).status is TaskStatus.PENDING
     done = await svc.update_progress(
         OPERATOR, task.id, ProgressReport(processed_records=10, is_completed=True)
     )
     assert done.status is TaskStatus.COMPLETED
+    events = (await svc.task_events(OPERATOR, task.id, PageRequest())).items
+    assert [e.event_type for e in events] == [
+        "task.created",
+        "task.started",
+        "task.failed",
+        "task.retried",
+        "task.started",
+        "task.completed",
+    ]
+    assert [e.seq for e in events] == list(range(len(events)))
 
 
 async def test_task_whose_workflow_never_started_is_started(runtime: Runtime, worker: Worker) -> None:
@@ -150,7 +141,7 @@ async def test_task_whose_workflow_never_started_is_started(runtime: Runtime, wo
     await runtime.repository.insert_task(task, "created before a crash")
     assert await runtime.workflows.describe(str(task.id)) is None
 
-    report = await runtime.reconciler().run_once()
+    report = (await runtime.reconciler().run_once()).report
     assert report.started >= 1
     row = await _get(runtime, task.id)
     assert row.run_id is not None

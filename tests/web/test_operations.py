@@ -21,7 +21,9 @@ OPERATION_IDS = {
 }  # fmt: skip
 
 
-async def test_health_when_healthy(api: Client) -> None:
+async def test_health_when_healthy(api: Client, runtime: Runtime, reconciler: None) -> None:
+    # /health/detailed reports the reconciler workflow (every worker starts it) and stuck tasks.
+    await assert_eventually(runtime.workflows.reconciler_status, lambda s: s.passes >= 1)
     assert (await api.get("/health/live")).json() == {"status": "alive"}
     for path in ("/health", "/health/ready"):
         resp = await api.get(path)
