@@ -213,4 +213,4 @@ async def reconciler(runtime: Runtime, worker: Worker) -> AsyncIterator[None]:
     await ensure_reconciler(runtime)
     yield
     handle = runtime.client.get_workflow_handle(reconciler_workflow_id(runtime.settings.temporal.task_queue))
-    await handle.terminate("test over")
+    await handle.terminate(reason="test over")

@@ -47,17 +47,18 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Each task queue has its reconciler (one service's tasks, even in a shared namespace).
 # Closed runs whose task may still look active: any run that closed while its TaskStatus said so,
 # and every run an operator terminated or that timed out (a failed task waiting for its automatic
 # retry says "failed" but still needs recording). Continued-as-new runs are links of a live chain.
 _CLOSED_QUERY = (
-    f"WorkflowType = '{WORKFLOW_TYPE}' AND CloseTime > '{{since}}' "
+    f"WorkflowType = '{WORKFLOW_TYPE}' AND TaskQueue = '{{queue}}' AND CloseTime > '{{since}}' "
     "AND ExecutionStatus IN ('Terminated', 'TimedOut', 'Failed', 'Canceled', 'Completed') "
     "AND (TaskStatus IN ('pending', 'scheduled', 'processing') "
     "OR ExecutionStatus IN ('Terminated', 'TimedOut'))"
 )
 _STUCK_QUERY = (
-    f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running' "
+    f"WorkflowType = '{WORKFLOW_TYPE}' AND TaskQueue = '{{queue}}' AND ExecutionStatus = 'Running' "
     "AND TemporalReportedProblems IS NOT NULL"
 )
 _BATCH = 500
@@ -94,7 +95,9 @@ class Reconciler:
         return ReconcilePassResult(report=report, next_since=started - margin, finished_at=now())
 
     async def _closed_runs(self, since: datetime, report: ReconcileReport) -> None:
-        query = _CLOSED_QUERY.format(since=since.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        query = _CLOSED_QUERY.format(
+            queue=self.workflows.task_queue, since=since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
         batch: dict[uuid.UUID, WorkflowExecution] = {}
         async for execution in self.workflows.list_runs(query):
             report.closed_runs_seen += 1
@@ -164,7 +167,7 @@ class Reconciler:
                 )
         if not self._reports_problems:
             return
-        async for execution in self.workflows.list_runs(_STUCK_QUERY):
+        async for execution in self.workflows.list_runs(_STUCK_QUERY.format(queue=self.workflows.task_queue)):
             try:
                 task_id = uuid.UUID(task_id_of(execution.id))
             except ValueError:

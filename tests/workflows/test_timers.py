@@ -7,38 +7,18 @@ The test server cannot register custom search attributes, so these runtimes run 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from common_operations.bootstrap import Runtime, open_runtime
+from common_operations.bootstrap import Runtime
 from common_operations.domain.principal import Principal
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import CreateTask, PageRequest, ProgressReport
-from common_operations.worker import build_worker
-from tests.conftest import make_settings
 from tests.helpers import assert_eventually
 
 OPS = Principal("scheduler-test")
-
-
-@pytest.fixture
-async def ts_runtime(
-    database_url: str, time_skipping_env: WorkflowEnvironment, task_queue: str, delegate_queue: str
-) -> AsyncIterator[Runtime]:
-    settings = make_settings(
-        database_url,
-        time_skipping_env.client.service_client.config.target_host,
-        task_queue,
-        delegate_queue,
-        search_attributes=False,
-        task_timeout=7200,
-    )
-    settings.operations.task_types["process"].heartbeat_timeout = 600
-    async with open_runtime(settings, client=time_skipping_env.client) as runtime, build_worker(runtime):
-        yield runtime
 
 
 async def _status(runtime: Runtime, task_id: uuid.UUID) -> TaskStatus:
@@ -49,7 +29,8 @@ async def test_scheduled_task_starts_on_time(
     ts_runtime: Runtime, time_skipping_env: WorkflowEnvironment
 ) -> None:
     svc = ts_runtime.tasks
-    start_at = datetime.now(UTC) + timedelta(hours=1)
+    # The server's clock, not the wall clock: other tests on this server have skipped time ahead.
+    start_at = await time_skipping_env.get_current_time() + timedelta(hours=1)
     task = await svc.create_task(
         OPS, CreateTask(task_type="process", entity_type="order", requested_by="", scheduled_at=start_at)
     )
