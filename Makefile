@@ -50,6 +50,7 @@ help:
 	@echo "make test-coverage  tests with a coverage report"
 	@echo "make docker-build   build the image used by docker-compose"
 	@echo "make bench          run the benchmarks (see bench/README.md)"
+	@echo "make histories      record workflow histories for the replay tests (TAG=2026-12-01: a new set)"
 	@echo "make which-python   the interpreter a new venv would be made with"
 
 $(STAMP): pyproject.toml
@@ -76,6 +77,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# Record workflow histories for the replay tests (README: Changing the workflow safely). A set that
+# exists is never replaced: name a new one with TAG=<date or version>.
+.PHONY: histories
+histories: $(STAMP)
+	$(BIN)/python -m tests.workflows.histories.record $(if $(TAG),--tag $(TAG))
 
 test-coverage: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term-missing --cov-report=html
