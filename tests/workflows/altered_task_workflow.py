@@ -8,8 +8,9 @@ mirror write), under the production workflow type name, as a careless edit would
 - :class:`PatchedExtraTimerWorkflow` inserts it behind ``workflow.patched``, the safe way: old
   histories (no patch marker) skip it and still replay.
 
-The workflow sandbox imports this module again for every run, so it does nothing at import time
-beyond defining the classes.
+Only the public ``run`` is overridden, so a refactoring of ``TaskWorkflow``'s internals cannot
+quietly disarm the test. The workflow sandbox imports this module again for every run, so it does
+nothing at import time beyond defining the classes.
 """
 
 from __future__ import annotations
@@ -32,12 +33,9 @@ class UnpatchedExtraTimerWorkflow(TaskWorkflow):
 
     @workflow.run
     async def run(self, inp: TaskWorkflowInput) -> ProgressSnapshot:
-        """Same as the production run (the SDK wants ``@workflow.run`` on the subclass itself)."""
-        return await super().run(inp)
-
-    async def _run_attempts(self) -> None:
+        """The production run after an extra timer."""
         await workflow.sleep(EXTRA_TIMER)
-        await super()._run_attempts()
+        return await super().run(inp)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -46,10 +44,7 @@ class PatchedExtraTimerWorkflow(TaskWorkflow):
 
     @workflow.run
     async def run(self, inp: TaskWorkflowInput) -> ProgressSnapshot:
-        """Same as the production run."""
-        return await super().run(inp)
-
-    async def _run_attempts(self) -> None:
+        """The production run, after an extra timer in runs that have the patch."""
         if workflow.patched(PATCH_ID):
             await workflow.sleep(EXTRA_TIMER)
-        await super()._run_attempts()
+        return await super().run(inp)
