@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -46,8 +45,10 @@ from bench.common import (
     bench_database,
     child_pid,
     database_name,
+    enable_bytecode_cache,
     exit_now,
     free_port,
+    load_average,
     log,
     machine,
     median,
@@ -91,7 +92,9 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def bench_settings(database_url: str, address: str, task_queue: str, delegate_queue: str) -> Settings:
+def bench_settings(
+    database_url: str, address: str, task_queue: str, delegate_queue: str, *, eager_start: bool = True
+) -> Settings:
     """Service settings with one delegated no-op task type (like ``tests.conftest.make_settings``)."""
     types = {
         TASK_TYPE: TaskTypeSettings(
@@ -105,15 +108,22 @@ def bench_settings(database_url: str, address: str, task_queue: str, delegate_qu
     return Settings(
         database_url=database_url,
         temporal_address=address,
-        temporal={"address": address, "task_queue": task_queue, "search_attributes": True},
+        temporal={
+            "address": address,
+            "task_queue": task_queue,
+            "search_attributes": True,
+            "eager_start": eager_start,
+        },
         operations=OperationsSettings(task_types=types),
     )
 
 
 async def run_baseline(
-    client: Client, task_queue: str, n: int, concurrency: int, timeout: float, tag: str
+    client: Client, task_queue: str, n: int, concurrency: int, timeout: float, tag: str, *, eager: bool
 ) -> tuple[float, float]:
     """Start ``n`` baseline workflows (``concurrency`` starts in flight) and await them all.
+
+    ``eager`` asks for eager start, as the service does when its worker shares the client.
 
     Returns:
         (wall seconds, seconds until every start was accepted).
@@ -124,7 +134,11 @@ async def run_baseline(
     async def one(i: int) -> None:
         async with gate:
             handle = await client.start_workflow(
-                BaselineWorkflow.run, str(i), id=f"bench-base-{tag}-{i}", task_queue=task_queue
+                BaselineWorkflow.run,
+                str(i),
+                id=f"bench-base-{tag}-{i}",
+                task_queue=task_queue,
+                request_eager_start=eager,
             )
             started_at.append(time.perf_counter())
         await handle.result()
@@ -238,25 +252,6 @@ async def wait_http(base_url: str, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
-def enable_bytecode_cache() -> str | None:
-    """Let the workflow sandbox reuse compiled modules when ``PYTHONDONTWRITEBYTECODE`` is set.
-
-    Temporal's sandbox re-imports the workflow module for every workflow run. Installed packages
-    (the Docker image) ship ``.pyc`` files; an editable install in an environment with
-    ``PYTHONDONTWRITEBYTECODE=1`` has none, and every run then recompiles
-    ``task_workflow.py`` from source (about 10% of the worker's CPU here). The cache goes to a
-    temporary ``sys.pycache_prefix``, never into the source tree.
-
-    Returns:
-        The prefix used, or None if bytecode caching was already on.
-    """
-    if not sys.dont_write_bytecode:
-        return None
-    sys.dont_write_bytecode = False
-    sys.pycache_prefix = os.path.join(tempfile.gettempdir(), "co-bench-pycache")
-    return sys.pycache_prefix
-
-
 async def main(args: argparse.Namespace) -> int:
     """Set up, run the rounds, print and save the results."""
     run = uuid.uuid4().hex[:8]
@@ -274,7 +269,7 @@ async def main(args: argparse.Namespace) -> int:
         service_queue, delegate_queue, baseline_queue = (
             f"bench-{q}-{run}" for q in ("co", "delegate", "base")
         )
-        settings = bench_settings(url, address, service_queue, delegate_queue)
+        settings = bench_settings(url, address, service_queue, delegate_queue, eager_start=not args.no_eager)
         temporal_pid = child_pid("temporal")
         meter = CpuMeter(
             {"python": [os.getpid()], "temporal": [temporal_pid] if temporal_pid else []},
@@ -284,7 +279,9 @@ async def main(args: argparse.Namespace) -> int:
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         async with (
-            open_runtime(settings, client=client) as runtime,
+            # with_worker: the worker below shares the client, as in `common-operations run`, so
+            # the service starts runs eagerly (unless --no-eager); the baseline asks for the same.
+            open_runtime(settings, client=client, with_worker=True) as runtime,
             build_worker(runtime),
             Worker(client, task_queue=delegate_queue, activities=[noop_task]),
             Worker(
@@ -303,7 +300,12 @@ async def main(args: argparse.Namespace) -> int:
                 ):
                     no_sa = TaskService(
                         runtime.repository,
-                        TaskWorkflows(client, service_queue, search_attributes=False),
+                        TaskWorkflows(
+                            client,
+                            service_queue,
+                            search_attributes=False,
+                            eager_start=runtime.workflows.eager_start,
+                        ),
                         settings.operations,
                     )
 
@@ -311,7 +313,13 @@ async def main(args: argparse.Namespace) -> int:
                         r = RunResult(path, 0, n, 0.0, 0.0, {})
                         if path == "baseline":
                             r.wall_s, r.created_s = await run_baseline(
-                                client, baseline_queue, n, args.concurrency, timeout, tag
+                                client,
+                                baseline_queue,
+                                n,
+                                args.concurrency,
+                                timeout,
+                                tag,
+                                eager=runtime.workflows.eager_start,
                             )
                             return r
                         if path == "ours":
@@ -339,6 +347,7 @@ async def main(args: argparse.Namespace) -> int:
                             meter.start()
                             r = await timed(path, args.tasks, args.timeout, tag)
                             r.cpu_s = meter.stop()
+                            r.extra["load_average"] = load_average()
                             r.round = rnd
                             r.tasks_per_s = args.tasks / r.wall_s
                             if profile := profiler.stop():
@@ -416,7 +425,9 @@ def report(args: argparse.Namespace, run: str, results: list[RunResult]) -> int:
             | {
                 "database": "embedded" if args.database_url is None else "server",
                 "bytecode_cache_prefix": sys.pycache_prefix,
+                "eager_start": not args.no_eager,
             },
+            "load_average_at_end": load_average(),
             "runs": [asdict(r) for r in results],
             "median_per_s": medians,
             "median_cpu_ms_per_item": cpu_per_item,
@@ -455,6 +466,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep PYTHONDONTWRITEBYTECODE as the environment sets it (the sandbox then recompiles the "
         "workflow module for every run)",
+    )
+    p.add_argument(
+        "--no-eager",
+        action="store_true",
+        help="neither path starts runs eagerly (default: both do, the service because its worker shares "
+        "the client, the baseline by request_eager_start)",
     )
     p.add_argument("--py-spy", metavar="PATH", help="profile each timed run with this py-spy executable")
     args = p.parse_args(argv)
