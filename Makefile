@@ -111,6 +111,8 @@ compose-config:
 bench: $(STAMP)
 	$(BIN)/python -m bench.lifecycle
 	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.progress
+	$(BIN)/python -m bench.create
 
 clean:
 	rm -rf $(VENV) build/venv-* .pytest_cache .mypy_cache .ruff_cache htmlcov .coverage

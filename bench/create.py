@@ -17,6 +17,8 @@ Paths, each ``--creates`` calls with at most ``--concurrency`` in flight (closed
 - **ours**: ``POST /api/v1/operations/tasks`` ``{"taskType": "bench_external", ...}`` (201): the row is
   inserted and the task's ``TaskWorkflow`` started; the task then waits for reports.
 - **baseline**: ``client.start_workflow(BenchCounterWorkflow)``: a run that just waits.
+- diagnostic (``--paths``): **baseline-sa**, the same bare start carrying the five search attributes
+  a task's start carries.
 
 After each timed run (untimed) the waiting work is removed so nothing piles up across rounds: our
 tasks are cancelled through REST (the workflow records it), the baseline's runs terminated. Rounds
@@ -34,7 +36,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +44,7 @@ import httpx
 import uvloop
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.worker import Worker
 
 from bench.baseline import CounterWorkflow
@@ -69,10 +72,18 @@ from bench.serve_service import TASK_TYPE, service_process
 from common_operations.db.engine import migrate
 from common_operations.domain.workflow_types import RECONCILER_STATUS_QUERY, reconciler_workflow_id
 from common_operations.infra import temporal
+from common_operations.workflows.task_workflow import (
+    ENTITY_TYPE_KEY,
+    PROGRESS_KEY,
+    REQUESTED_BY_KEY,
+    TASK_STATUS_KEY,
+    TASK_TYPE_KEY,
+)
 
 TASKS = "/api/v1/operations/tasks"
 HEADERS = {"x-user-id": "bench", "x-user-roles": "operator"}
 TARGET_P99_FACTOR = 2.0
+PATHS = ("baseline", "ours", "baseline-sa")
 
 
 @dataclass
@@ -126,10 +137,29 @@ async def timed_creates(
 class Ours:
     """REST CreateTask of the external bench type; cancelled through REST afterwards."""
 
-    def __init__(self, api: httpx.AsyncClient) -> None:
-        """Use ``api`` (base URL of the service process's REST listener)."""
-        self.api = api
+    def __init__(self, base_url: str, concurrency: int) -> None:
+        """Talk to the service process's REST listener at ``base_url``, ``concurrency`` connections."""
+        self.base_url = base_url
+        self.limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._api: httpx.AsyncClient | None = None
         self.ids: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Fresh keep-alive connections for one phase (uvicorn closes idle ones after 5 s, and a
+        request racing that close fails with ``ReadError``)."""
+        async with httpx.AsyncClient(base_url=self.base_url, limits=self.limits, timeout=60) as api:
+            self._api = api
+            try:
+                yield
+            finally:
+                self._api = None
+
+    @property
+    def api(self) -> httpx.AsyncClient:
+        """The current phase's client."""
+        assert self._api is not None, "outside a session"
+        return self._api
 
     async def create(self, tag: str, i: int) -> None:
         """One POST (201 expected)."""
@@ -156,11 +186,29 @@ class Ours:
 class Baseline:
     """Bare ``start_workflow`` of ``BenchCounterWorkflow`` (it waits); terminated afterwards."""
 
-    def __init__(self, client: Client, task_queue: str, eager: bool) -> None:
-        """Start on ``task_queue`` (a worker on ``client`` serves it in this process)."""
+    def __init__(
+        self, client: Client, task_queue: str, eager: bool, *, search_attributes: bool = False
+    ) -> None:
+        """Start on ``task_queue`` (a worker on ``client`` serves it in this process).
+
+        With ``search_attributes`` each start carries the five a task's start carries (diagnostic).
+        """
         self.client = client
         self.task_queue = task_queue
         self.eager = eager
+        self.search_attributes = (
+            TypedSearchAttributes(
+                [
+                    SearchAttributePair(TASK_TYPE_KEY, TASK_TYPE),
+                    SearchAttributePair(ENTITY_TYPE_KEY, "bench"),
+                    SearchAttributePair(TASK_STATUS_KEY, "pending"),
+                    SearchAttributePair(REQUESTED_BY_KEY, "bench"),
+                    SearchAttributePair(PROGRESS_KEY, 0),
+                ]
+            )
+            if search_attributes
+            else None
+        )
         self.handles: list[WorkflowHandle[CounterWorkflow, int]] = []
 
     async def create(self, tag: str, i: int) -> None:
@@ -170,8 +218,14 @@ class Baseline:
             id=f"bench-wait-{tag}-{i}",
             task_queue=self.task_queue,
             request_eager_start=self.eager,
+            search_attributes=self.search_attributes,
         )
         self.handles.append(handle)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Nothing to set up: the client keeps its one connection."""
+        yield
 
     def eagerly_started(self) -> int:
         """How many of the current handles the server handed straight to the local worker."""
@@ -205,15 +259,11 @@ async def main(args: argparse.Namespace) -> int:
         ns = await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="default"))
         capability = ns.namespace_info.capabilities.eager_workflow_start
         eager = not args.no_eager
-        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with (
             service_process(
                 url, address, service_queue, free_port(), env_bytecode=args.env_bytecode, eager=eager
             ) as service,
             Worker(client, task_queue=wait_queue, workflows=[CounterWorkflow]),
-            httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{service.rest_port}", limits=limits, timeout=60
-            ) as api,
         ):
             log(
                 f"eager start: namespace capability {capability}, service {service.ready['eager_start']}, "
@@ -231,7 +281,8 @@ async def main(args: argparse.Namespace) -> int:
             profiler = Profiler(args.py_spy, pid=service.pid)
             paths: dict[str, Ours | Baseline] = {
                 "baseline": Baseline(client, wait_queue, eager),
-                "ours": Ours(api),
+                "baseline-sa": Baseline(client, wait_queue, eager, search_attributes=True),
+                "ours": Ours(f"http://127.0.0.1:{service.rest_port}", args.concurrency),
             }
 
             async def timed(path: str, n: int, tag: str, rnd: int) -> RunResult:
@@ -239,18 +290,20 @@ async def main(args: argparse.Namespace) -> int:
                 r = RunResult(path, rnd, n)
                 if rnd:
                     profiler.start(f"create-{tag}")
-                meter.start()
-                r.wall_s, latencies = await timed_creates(
-                    lambda i: driver.create(tag, i), n, args.concurrency, args.timeout
-                )
-                r.cpu_s = meter.stop()
+                async with driver.session():
+                    meter.start()
+                    r.wall_s, latencies = await timed_creates(
+                        lambda i: driver.create(tag, i), n, args.concurrency, args.timeout
+                    )
+                    r.cpu_s = meter.stop()
                 if rnd and (profile := profiler.stop()):
                     r.extra["profile"] = profile
                 r.load_average = load_average()
                 if isinstance(driver, Baseline):
                     r.eager = driver.eagerly_started()
                 t = time.perf_counter()
-                r.extra |= await driver.clean_up(args.concurrency, args.timeout)
+                async with driver.session():
+                    r.extra |= await driver.clean_up(args.concurrency, args.timeout)
                 r.cleanup_s = time.perf_counter() - t
                 latencies.sort()
                 r.creates_per_s = n / r.wall_s
@@ -261,10 +314,10 @@ async def main(args: argparse.Namespace) -> int:
                 return r
 
             log(f"warm-up: {args.warmup} creates per path")
-            for path in ("baseline", "ours"):
+            for path in args.paths:
                 await timed(path, args.warmup, f"{run}-w-{path}", 0)
             for rnd in range(1, args.rounds + 1):
-                for path in ("baseline", "ours"):
+                for path in args.paths:
                     tag = f"{run}-{path}{rnd}"
                     log(f"round {rnd}: {path}, {args.creates} creates, {args.concurrency} in flight")
                     r = await timed(path, args.creates, tag, rnd)
@@ -334,7 +387,7 @@ def report(
         rows,
     )
     summary: dict[str, Any] = {}
-    for path in ("baseline", "ours"):
+    for path in args.paths:
         rs = [r for r in results if r.path == path]
         summary[path] = {
             "p99_ms": [round(r.p99_ms, 1) for r in rs],
@@ -359,11 +412,17 @@ def report(
         f"ours {summary['ours']['median_p50_ms']:.1f} ms"
     )
     print(f"p99: baseline {base:.1f} ms, ours {ours:.1f} ms")
+    for extra in (p for p in args.paths if p not in ("baseline", "ours")):
+        d = summary[extra]
+        print(
+            f"{extra} (diagnostic): p50 {d['median_p50_ms']:.1f} ms, p99 {d['median_p99_ms']:.1f} ms, "
+            f"{d['median_creates_per_s']:.1f} creates/s"
+        )
     print(
         f"p99 ours/baseline: {factor:.2f} (target <= {TARGET_P99_FACTOR:g}: {'met' if met else 'MISSED'}); "
         f"throughput ours/baseline {throughput:.2f}"
     )
-    path = write_results(
+    out = write_results(
         "create",
         {
             "benchmark": "create",
@@ -384,7 +443,7 @@ def report(
             "target_met": met,
         },
     )
-    print(f"results: {path}")
+    print(f"results: {out}")
     return 0
 
 
@@ -401,6 +460,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-eager", action="store_true", help="neither path starts eagerly (default: both do)")
     p.add_argument(
+        "--paths",
+        type=lambda v: v.split(","),
+        default=["baseline", "ours"],
+        help="comma-separated, run in this order each round: baseline, ours, and the diagnostic "
+        "baseline-sa (the bare start with the five search attributes a task's start carries); "
+        "default baseline,ours",
+    )
+    p.add_argument(
         "--database-url",
         default=os.environ.get(DATABASE_ENV),
         help=f"Postgres server to create a scratch database in (default ${DATABASE_ENV}, else embedded)",
@@ -408,6 +475,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--env-bytecode", action="store_true", help="no bytecode cache (see bench/README.md)")
     p.add_argument("--py-spy", metavar="PATH", help="profile the service process in each timed run")
     args = p.parse_args(argv)
+    if set(args.paths) - set(PATHS) or not {"baseline", "ours"} <= set(args.paths):
+        p.error(f"--paths must include baseline and ours, and only {', '.join(PATHS)}")
     if min(args.creates, args.concurrency, args.rounds, args.warmup) < 1:
         p.error("--creates, --concurrency, --rounds and --warmup must be positive")
     return args
