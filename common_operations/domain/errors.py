@@ -20,6 +20,16 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal"  # 500 / INTERNAL
 
 
+def quoted(value: object, limit: int = 64) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters.
+
+    Messages name the offending input, but must not echo a megabyte of it: gRPC sends the message
+    percent-encoded in a trailer, and clients drop an answer whose trailers pass 16 KiB.
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class DomainError(Exception):
     """Base error carrying a stable machine-readable ``code``."""
 

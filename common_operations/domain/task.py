@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from common_operations.domain.errors import PayloadTooLarge, ValidationFailed
+from common_operations.domain.errors import PayloadTooLarge, ValidationFailed, quoted
 from common_operations.domain.status import TaskStatus
 
 T = TypeVar("T")
@@ -214,7 +214,7 @@ def parse_task_id(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(raw).strip())
     except (ValueError, AttributeError) as exc:
-        raise ValidationFailed(f"task id {raw!r} is not a valid UUID", field="id") from exc
+        raise ValidationFailed(f"task id {quoted(raw)} is not a valid UUID", field="id") from exc
 
 
 def parse_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ERROR_CODE_KEY: Final = "error-code"
 RETRY_AFTER_KEY: Final = "retry-after"
+MAX_DETAILS_BYTES: Final = 1024
 INTERNAL_CODE: Final = "INTERNAL"
 INTERNAL_MESSAGE: Final = "internal error; see the service logs"
 
@@ -83,6 +84,20 @@ def lenient_deserializer(message_class: type[_M]) -> Callable[[bytes], _M | Unde
     return decode
 
 
+def status_details(err: DomainError) -> str:
+    """The error's message as status details, cut to :data:`MAX_DETAILS_BYTES` of UTF-8.
+
+    grpc sends the details percent-encoded in the ``grpc-message`` trailer (3 characters per
+    non-ASCII byte), and a client drops an answer whose trailers pass its metadata limit (8 KiB
+    soft, 16 KiB hard) as RESOURCE_EXHAUSTED "Stream removed": a message that names a long input
+    must not cost the caller the answer.
+    """
+    encoded = err.message.encode("utf-8")
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return err.message
+    return encoded[: MAX_DETAILS_BYTES - 3].decode("utf-8", errors="ignore") + "…"
+
+
 def trailing_metadata(err: DomainError) -> tuple[tuple[str, str], ...]:
     """``error-code`` for every domain error, and ``retry-after`` (whole seconds) when rate limited.
 
@@ -115,7 +130,9 @@ def grpc_errors(
                 )
             return await method(self, request, context)
         except DomainError as err:
-            await context.abort(status_for(err), err.message, trailing_metadata=trailing_metadata(err))
+            await context.abort(
+                status_for(err), status_details(err), trailing_metadata=trailing_metadata(err)
+            )
         except grpc.aio.AbortError:
             # The method aborted the call itself; its status stands.
             raise

@@ -11,7 +11,7 @@ import pytest
 
 from common_operations.db.tables import Tasks
 from common_operations.domain import task as limits
-from common_operations.domain.errors import PayloadTooLarge, ValidationFailed
+from common_operations.domain.errors import PayloadTooLarge, ValidationFailed, quoted
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import (
     MAX_PAGE,
@@ -20,6 +20,7 @@ from common_operations.domain.task import (
     CreateTask,
     TaskQuery,
     parse_params,
+    parse_task_id,
     validate_create,
     validate_paging,
     validate_params,
@@ -179,3 +180,11 @@ def test_page_numbers_keep_the_offset_within_bigint() -> None:
         validate_paging(MAX_PAGE + 1, 1, 1000)
     with pytest.raises(ValidationFailed, match="page must be at most"):
         validate_query(TaskQuery(page=10**30))
+
+
+def test_messages_name_long_inputs_shortly() -> None:
+    with pytest.raises(ValidationFailed) as info:
+        parse_task_id("x" * 100_000)
+    assert len(info.value.message) < 120
+    assert quoted("abc") == "'abc'"
+    assert quoted("y" * 1000).endswith("…") and len(quoted("y" * 1000)) == 64

@@ -338,3 +338,22 @@ async def test_every_rpc_is_registered(stub: OperationsServiceAsyncStub) -> None
     await expect_error(
         stub.ListTasks(pb.ListTasksRequest(page=0), metadata=ALICE), INVALID, "VALIDATION_FAILED"
     )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda s: s.GetTask(pb.GetTaskRequest(id="é" * 4001), metadata=ALICE), id="id"),
+        pytest.param(
+            lambda s: s.ListTasks(pb.ListTasksRequest(status="é" * 5000), metadata=ALICE), id="status"
+        ),
+    ],
+)
+async def test_error_naming_a_long_input_still_reaches_the_caller(
+    stub: OperationsServiceAsyncStub, call: Callable[[OperationsServiceAsyncStub], Awaitable[Any]]
+) -> None:
+    # Found by the fuzzer: the message echoed the whole input; percent-encoded in the grpc-message
+    # trailer it passed the client's 16 KiB metadata limit and the answer became RESOURCE_EXHAUSTED
+    # "Stream removed", without error-code.
+    err = await expect_error(call(stub), INVALID, "VALIDATION_FAILED")
+    assert len((err.details() or "").encode()) <= 1024
