@@ -231,6 +231,9 @@ def parse_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:
         value = json.loads(raw, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ValidationFailed(f"params is not valid JSON: {exc.msg}", field="params") from exc
+    except ValueError as exc:
+        # Python refuses integers of more than 4300 digits (sys.get_int_max_str_digits).
+        raise ValidationFailed(f"params is not valid JSON: {exc}", field="params") from exc
     except RecursionError as exc:
         # json recurses per nesting level; far deeper than MAX_PARAMS_DEPTH in any case.
         raise _too_deep() from exc
@@ -298,12 +301,23 @@ def _check_timestamp(value: datetime | None, name: str) -> None:
         ) from exc
 
 
+def _check_double(number: int) -> None:
+    # gRPC shows params as a Struct, whose numbers are doubles: an integer beyond a double's range
+    # (about 1.8e308) would be stored and then fail every read of the task over gRPC.
+    try:
+        float(number)
+    except OverflowError as exc:
+        raise ValidationFailed(
+            "params holds a number beyond the range of a double (about 1.8e308)", field="params"
+        ) from exc
+
+
 def validate_params(params: dict[str, Any]) -> None:
     """``params`` must be storable JSON within :data:`MAX_PARAMS_DEPTH` and :data:`MAX_PARAMS_BYTES`.
 
     Raises:
         ValidationFailed: nested too deeply, a NUL or unpaired surrogate in a key or string, a
-            non-finite number, or a value that is not JSON.
+            non-finite number or one beyond a double's range, or a value that is not JSON.
         PayloadTooLarge: the compact JSON encoding is larger than :data:`MAX_PARAMS_BYTES`.
     """
     # Depth first, without recursion, so that the encoding below cannot hit the recursion limit.
@@ -320,6 +334,8 @@ def validate_params(params: dict[str, Any]) -> None:
         else:
             if isinstance(item, str):
                 _reject_nul(item, "params")
+            elif isinstance(item, int) and not isinstance(item, bool):
+                _check_double(item)
             continue
         if depth > MAX_PARAMS_DEPTH:
             raise _too_deep()

@@ -188,3 +188,17 @@ def test_messages_name_long_inputs_shortly() -> None:
     assert len(info.value.message) < 120
     assert quoted("abc") == "'abc'"
     assert quoted("y" * 1000).endswith("…") and len(quoted("y" * 1000)) == 64
+
+
+def test_params_numbers_must_fit_a_double() -> None:
+    # gRPC shows params as a Struct (doubles): a larger integer would be stored, then fail every read.
+    validate_params({"big": 10**300, "exact": 2**63})
+    with pytest.raises(ValidationFailed, match="double") as info:
+        validate_params({"a": [10**400]})
+    assert info.value.details["field"] == "params"
+    assert validate_params({"flag": True}) is None  # bools are not numbers here
+
+
+def test_params_string_with_an_integer_past_pythons_digit_limit() -> None:
+    with pytest.raises(ValidationFailed, match="params is not valid JSON"):
+        parse_params('{"a": ' + "9" * 5000 + "}")

@@ -357,3 +357,18 @@ async def test_error_naming_a_long_input_still_reaches_the_caller(
     # "Stream removed", without error-code.
     err = await expect_error(call(stub), INVALID, "VALIDATION_FAILED")
     assert len((err.details() or "").encode()) <= 1024
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param('{"a": ' + "9" * 5000 + "}", id="int-past-pythons-4300-digit-limit"),
+        pytest.param('{"a": ' + "9" * 400 + "}", id="int-beyond-a-double"),
+    ],
+)
+async def test_params_numbers_a_struct_cannot_hold_are_invalid_argument(
+    stub: OperationsServiceAsyncStub, params: str
+) -> None:
+    # A 400-digit integer used to be stored, then every read of the task over gRPC (the Struct's
+    # doubles) failed with INTERNAL, starting with CreateTask's own answer.
+    await expect_error(create(stub, params=params), INVALID, "VALIDATION_FAILED")

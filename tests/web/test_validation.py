@@ -304,3 +304,17 @@ async def test_rate_limited_is_429_with_retry_after_in_whole_seconds(
     problem = assert_problem(resp, 429, "RATE_LIMITED")
     assert resp.headers["retry-after"] == "3"  # rounded up: never back before the limit passed
     assert "busy" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param('{"a": ' + "9" * 5000 + "}", id="int-past-pythons-4300-digit-limit"),
+        pytest.param('{"a": ' + "9" * 400 + "}", id="int-beyond-a-double"),
+    ],
+)
+async def test_params_numbers_json_or_struct_cannot_hold_are_400(api: Client, params: str) -> None:
+    problem = assert_problem(
+        await api.post(TASKS, json={"taskType": "process", "params": params}), 400, "VALIDATION_FAILED"
+    )
+    assert field_names(problem) == {"params"}
