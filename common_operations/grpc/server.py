@@ -26,10 +26,11 @@ SHUTDOWN_GRACE_SECONDS: Final = 5.0
 # The largest valid request (a CreateTask with 64 KiB of params) is far below this; grpc answers a
 # larger one RESOURCE_EXHAUSTED before any of our code runs (its default would be 4 MiB).
 MAX_RECEIVE_MESSAGE_BYTES: Final = 1024 * 1024
-# The largest answer is a ListTasks page of 1000 tasks, each with up to 64 KiB of params and 4000
-# characters of error message: about 70 MiB as JSON-like params. A page beyond this (params whose
-# numbers grow as Struct doubles) is refused with RESOURCE_EXHAUSTED; a smaller pageSize gets it.
-MAX_SEND_MESSAGE_BYTES: Final = 128 * 1024 * 1024
+# The largest answer is a ListTasks page of 1000 tasks, each carrying its params twice (64 KiB of
+# JSON text and the same as a Struct) plus up to 4000 characters of error message: about 135 MiB.
+# A page beyond this (params whose numbers grow as Struct doubles) is refused RESOURCE_EXHAUSTED; a
+# smaller pageSize gets it. Clients keep grpc's 4 MiB receive limit unless they raise it.
+MAX_SEND_MESSAGE_BYTES: Final = 256 * 1024 * 1024
 
 SERVER_OPTIONS: Final = (
     # Linux gRPC binds with SO_REUSEPORT by default: a second instance on the same port would start
