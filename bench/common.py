@@ -326,6 +326,9 @@ class Profiler:
         self._proc.send_signal(signal.SIGINT)
         self._proc.wait(timeout=30)
         self._proc = None
+        if not self._out.exists():
+            log(f"py-spy wrote no {self._out.name}")
+            return None
         return summarize_profile(self._out)
 
 

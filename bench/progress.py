@@ -50,7 +50,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -84,6 +84,9 @@ from common_operations.domain.workflow_types import PROGRESS_QUERY, ProgressSnap
 from common_operations.grpc.v1 import operations_pb2 as pb
 from common_operations.grpc.v1 import operations_pb2_grpc as pb_grpc
 from common_operations.infra import temporal
+
+if TYPE_CHECKING:
+    from common_operations.grpc.v1.operations_pb2_grpc import OperationsServiceAsyncStub
 
 TARGET_RATIO = 0.7
 METADATA = (("x-user-id", "bench"), ("x-user-roles", "operator"))
@@ -211,7 +214,7 @@ def temporal_busy(err: Exception) -> bool:
 class Ours:
     """Tasks of the external bench type, reported on through gRPC."""
 
-    def __init__(self, stub: pb_grpc.OperationsServiceStub, client: Client) -> None:
+    def __init__(self, stub: OperationsServiceAsyncStub, client: Client) -> None:
         """Use ``stub`` for the service and ``client`` for the read-only ``progress`` query."""
         self.stub = stub
         self.client = client
@@ -352,7 +355,10 @@ async def main(args: argparse.Namespace) -> int:
                 database=database_name(url),
             )
             profiler = Profiler(args.py_spy, pid=service.pid)
-            paths = {"baseline": Baseline(client, baseline_queue, args.per_run), "ours": Ours(stub, client)}
+            paths: dict[str, Ours | Baseline] = {
+                "baseline": Baseline(client, baseline_queue, args.per_run),
+                "ours": Ours(stub, client),
+            }
 
             async def timed(shape: Shape, path: str, n: int, tag: str, rnd: int) -> RunResult:
                 lanes = shape.lanes(path)
@@ -479,7 +485,7 @@ def report(
             f"ratio {s['ratio']:.2f}{verdict}; p50 baseline {s['baseline']['median_p50_ms']:.1f} ms, "
             f"ours {s['ours']['median_p50_ms']:.1f} ms"
         )
-    path = write_results(
+    out = write_results(
         "progress",
         {
             "benchmark": "progress",
@@ -494,7 +500,7 @@ def report(
             "summary": summary,
         },
     )
-    print(f"results: {path}")
+    print(f"results: {out}")
     return 0
 
 
