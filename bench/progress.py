@@ -89,6 +89,7 @@ if TYPE_CHECKING:
     from common_operations.grpc.v1.operations_pb2_grpc import OperationsServiceAsyncStub
 
 TARGET_RATIO = 0.7
+PATHS = ("baseline", "ours", "grpc-get")
 METADATA = (("x-user-id", "bench"), ("x-user-roles", "operator"))
 CALL_TIMEOUT = 60.0
 # A report refused as busy (429 / RESOURCE_EXHAUSTED) is sent again, same id, as a client would.
@@ -108,7 +109,7 @@ class Shape:
 
     def lanes(self, path: str) -> int:
         """Senders of ``path``."""
-        return self.ours_lanes if path == "ours" else self.baseline_lanes
+        return self.baseline_lanes if path == "baseline" else self.ours_lanes
 
 
 SHAPES = {
@@ -214,10 +215,15 @@ def temporal_busy(err: Exception) -> bool:
 class Ours:
     """Tasks of the external bench type, reported on through gRPC."""
 
-    def __init__(self, stub: OperationsServiceAsyncStub, client: Client) -> None:
-        """Use ``stub`` for the service and ``client`` for the read-only ``progress`` query."""
+    def __init__(self, stub: OperationsServiceAsyncStub, client: Client, *, read_only: bool = False) -> None:
+        """Use ``stub`` for the service and ``client`` for the read-only ``progress`` query.
+
+        ``read_only`` (the ``grpc-get`` diagnostic) sends ``GetTask`` of the same tasks instead of
+        reports: the gRPC server, the service call and the row read, without Temporal.
+        """
         self.stub = stub
         self.client = client
+        self.read_only = read_only
         self.task_ids: list[str] = []
 
     async def prepare(self, tag: str, counts: list[int], busy: Busy) -> list[tuple[int, Send]]:
@@ -243,6 +249,9 @@ class Ours:
         return targets
 
     def _sender(self, task_id: str, n: int, prefix: str, busy: Busy) -> Send:
+        async def get(i: int) -> None:
+            await self.stub.GetTask(pb.GetTaskRequest(id=task_id), metadata=METADATA, timeout=CALL_TIMEOUT)
+
         async def send(i: int) -> None:
             request = pb.UpdateTaskProgressRequest(
                 task_id=task_id, processed_records=i, total_records=n, report_id=f"{prefix}-{i}"
@@ -252,7 +261,7 @@ class Ours:
                 grpc_busy,
             )
 
-        return send
+        return get if self.read_only else send
 
     async def finish(self, tag: str, expected: list[int]) -> dict[str, Any]:
         """Check each task's applied report count (the ``progress`` query), then complete it."""
@@ -261,7 +270,7 @@ class Ours:
             snapshot = await self.client.get_workflow_handle(workflow_id_for(task_id)).query(
                 PROGRESS_QUERY, result_type=ProgressSnapshot
             )
-            if snapshot.reports != n + 1:
+            if snapshot.reports != (1 if self.read_only else n + 1):
                 raise RuntimeError(f"task {task_id}: {snapshot.reports} reports applied, {n + 1} sent")
             runs.append(snapshot.runs)
             await self.stub.UpdateTaskProgress(
@@ -358,6 +367,7 @@ async def main(args: argparse.Namespace) -> int:
             paths: dict[str, Ours | Baseline] = {
                 "baseline": Baseline(client, baseline_queue, args.per_run),
                 "ours": Ours(stub, client),
+                "grpc-get": Ours(stub, client, read_only=True),
             }
 
             async def timed(shape: Shape, path: str, n: int, tag: str, rnd: int) -> RunResult:
@@ -387,10 +397,10 @@ async def main(args: argparse.Namespace) -> int:
             for name in args.shapes:
                 shape = SHAPES[name]
                 log(f"shape {name} ({shape.label}): warm-up, {args.warmup} reports per path")
-                for path in ("baseline", "ours"):
+                for path in args.paths:
                     await timed(shape, path, args.warmup, f"{run}-{name}-w-{path}", 0)
                 for rnd in range(1, args.rounds + 1):
-                    for path in ("baseline", "ours"):
+                    for path in args.paths:
                         tag = f"{run}-{name}-{path}{rnd}"
                         log(f"shape {name}, round {rnd}: {path}, {args.reports} reports")
                         r = await timed(shape, path, args.reports, tag, rnd)
@@ -452,7 +462,7 @@ def report(
     for name in args.shapes:
         mine = [r for r in results if r.shape == name]
         s: dict[str, Any] = {"label": SHAPES[name].label}
-        for path in ("baseline", "ours"):
+        for path in args.paths:
             rs = [r for r in mine if r.path == path]
             s[path] = {
                 "reports_per_s": [round(r.reports_per_s, 1) for r in rs],
@@ -485,6 +495,13 @@ def report(
             f"ratio {s['ratio']:.2f}{verdict}; p50 baseline {s['baseline']['median_p50_ms']:.1f} ms, "
             f"ours {s['ours']['median_p50_ms']:.1f} ms"
         )
+        for extra in (p for p in args.paths if p not in ("baseline", "ours")):
+            d = s[extra]
+            print(
+                f"  {extra} (diagnostic): {d['median_reports_per_s']:.1f} calls/s, "
+                f"p50 {d['median_p50_ms']:.1f} ms, "
+                f"service cpu {d['median_cpu_ms_per_report']['service']:.2f} ms/call"
+            )
     out = write_results(
         "progress",
         {
@@ -514,6 +531,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(SHAPES),
         help=f"comma-separated, from {', '.join(SHAPES)} (default all)",
     )
+    p.add_argument(
+        "--paths",
+        type=lambda v: v.split(","),
+        default=["baseline", "ours"],
+        help="comma-separated, run in this order each round: baseline, ours, and the diagnostic "
+        "grpc-get (GetTask of the same tasks instead of reports: gRPC + row read, no Temporal); "
+        "default baseline,ours",
+    )
     p.add_argument("--rounds", type=int, default=3, help="baseline+ours pairs per shape (default 3)")
     p.add_argument("--warmup", type=int, default=50, help="warm-up reports per path and shape (default 50)")
     p.add_argument(
@@ -535,6 +560,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--py-spy", metavar="PATH", help="profile the service process in each timed run")
     args = p.parse_args(argv)
+    if set(args.paths) - set(PATHS) or not {"baseline", "ours"} <= set(args.paths):
+        p.error(f"--paths must include baseline and ours, and only {', '.join(PATHS)}")
     if unknown := set(args.shapes) - set(SHAPES):
         p.error(f"unknown shapes {', '.join(sorted(unknown))}; choose from {', '.join(SHAPES)}")
     if min(args.reports, args.rounds, args.warmup, args.per_run) < 1:
