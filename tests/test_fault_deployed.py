@@ -41,6 +41,10 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
+from common_operations.bootstrap import Runtime
+from common_operations.domain.principal import Principal
+from common_operations.domain.status import TaskStatus
+from common_operations.domain.task import CreateTask, PageRequest
 from common_operations.domain.workflow_types import (
     PROGRESS_QUERY,
     DelegatedTaskInput,
@@ -1066,3 +1070,46 @@ async def compare(client: Client, load: Load, exp: Expected) -> list[str]:
         if exp.reason and exp.reason not in last["payload"].get("message", ""):
             found.append(f"cancel reason missing from {last['payload'].get('message')!r}")
     return [f"{where}: {line}" for line in found]
+
+
+# -- a fault at the other service ----------------------------------------------------------------
+
+
+async def test_a_delegated_activity_that_stops_answering_while_cancelled_ends_the_task_cancelled(
+    runtime: Runtime, worker: Worker, client: Client, delegate_queue: str
+) -> None:
+    """The other service's worker stalls once the cancellation reached it: its heartbeat times out.
+
+    The run must still record the cancellation itself (it once failed unrecorded, the API showed
+    ``processing`` until the reconciler wrote ``failed``, and the reason was lost).
+    """
+    started = asyncio.Event()
+
+    @activity.defn(name="slow_task")
+    async def stalls_when_cancelled(inp: DelegatedTaskInput) -> None:
+        started.set()
+        try:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3)  # stuck in its cleanup: no heartbeat (timeout 1 s), no answer
+            raise
+
+    me = Principal("fault-test")
+    async with Worker(client, task_queue=delegate_queue, activities=[stalls_when_cancelled]):
+        task = await runtime.tasks.create_task(
+            me, CreateTask(task_type="delegated_slow", entity_type="product", requested_by="fault-test")
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.sleep(0.5)  # the first heartbeats reached Temporal
+        answered = await runtime.tasks.cancel_task(me, task.id, "order withdrawn")
+
+        handle = client.get_workflow_handle(workflow_id_for(str(task.id)))
+        assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+        snapshot = await handle.query(PROGRESS_QUERY, result_type=ProgressSnapshot)
+        events = (await runtime.tasks.task_events(me, task.id, PageRequest())).items
+    assert answered.status is TaskStatus.CANCELLED
+    assert snapshot.status == "cancelled" and snapshot.seq == events[-1].seq
+    assert [e.event_type for e in events] == ["task.created", "task.started", "task.cancelled"]
+    assert "order withdrawn" in events[-1].payload["message"]
