@@ -475,6 +475,18 @@ def report(
             }
         base, ours = s["baseline"]["median_reports_per_s"], s["ours"]["median_reports_per_s"]
         s["ratio"] = round(ours / base, 3) if base else 0.0
+        # The machine is shared: load moves between rounds, so also each round's own ratio (ours
+        # and the baseline run back to back) and the ratio of total CPU per report.
+        pairs = [
+            o.reports_per_s / b.reports_per_s
+            for b, o in zip(
+                (r for r in mine if r.path == "baseline"), (r for r in mine if r.path == "ours"), strict=True
+            )
+        ]
+        s["round_ratios"] = [round(x, 3) for x in pairs]
+        s["median_round_ratio"] = round(median(pairs), 3)
+        cpu = {path: sum(s[path]["median_cpu_ms_per_report"].values()) for path in ("baseline", "ours")}
+        s["cpu_ratio"] = round(cpu["baseline"] / cpu["ours"], 3) if cpu["ours"] else 0.0
         s["p50_latency_ratio"] = (
             round(s["ours"]["median_p50_ms"] / s["baseline"]["median_p50_ms"], 3)
             if s["baseline"]["median_p50_ms"]
@@ -494,6 +506,11 @@ def report(
             f"shape {name} [{SHAPES[name].label}]: baseline {base:.1f}/s, ours {ours:.1f}/s, "
             f"ratio {s['ratio']:.2f}{verdict}; p50 baseline {s['baseline']['median_p50_ms']:.1f} ms, "
             f"ours {s['ours']['median_p50_ms']:.1f} ms"
+        )
+        print(
+            f"  per-round ratios {', '.join(f'{x:.2f}' for x in pairs)} "
+            f"(median {s['median_round_ratio']:.2f}); "
+            f"total CPU per report baseline/ours {s['cpu_ratio']:.2f}"
         )
         for extra in (p for p in args.paths if p not in ("baseline", "ours")):
             d = s[extra]
