@@ -175,6 +175,65 @@ class Children:
         return "\n".join(parts)
 
 
+# Starts or stops the embedded Postgres of a data dir, from a process of its own: run as root, the
+# server is started under another user, which makes subprocess fork() (not vfork) the test process,
+# and a fork of a process running gRPC and Temporal client threads can crash before it execs (seen
+# as "Postgres exited while starting (killed by SIGSEGV)").
+PG_HELPER = """
+import asyncio, sys
+from pathlib import Path
+from common_operations.infra.embedded import EmbeddedPostgres
+server = EmbeddedPostgres(Path(sys.argv[2]))
+print(asyncio.run(server.start() if sys.argv[1] == "start" else server.stop_orphan()))
+"""
+
+
+class Postgres:
+    """An embedded Postgres the test can stop and start again on the same data dir; its postmasters
+    are tracked by pid (and start time), so none is left running whatever happens."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.server = EmbeddedPostgres(data_dir)
+        self.tracked: list[psutil.Process] = []
+
+    async def _helper(self, action: str) -> str:
+        helper = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            PG_HELPER,
+            action,
+            str(self.server.data_dir),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            output, _ = await asyncio.wait_for(helper.communicate(), 120)
+        except TimeoutError:
+            helper.kill()
+            raise
+        text = output.decode(errors="replace").strip()
+        assert helper.returncode == 0, f"Postgres {action} failed: {text}"
+        return text.splitlines()[-1]
+
+    async def start(self) -> str:
+        """Start the server (initdb the first time); its URL."""
+        url = await self._helper("start")
+        lines = (self.server.pgdata / "postmaster.pid").read_text().splitlines()
+        self.tracked.append(psutil.Process(int(lines[0])))
+        return url
+
+    async def stop(self) -> None:
+        """Fast shutdown, waited for (then immediate shutdown, then SIGKILL)."""
+        await self._helper("stop")
+
+    def kill(self) -> None:
+        for process in self.tracked:
+            with contextlib.suppress(psutil.Error):
+                for child in [*process.children(recursive=True), process]:
+                    if alive(child):
+                        child.kill()
+
+
 # -- the other service's activity ---------------------------------------------------------------
 
 
@@ -262,6 +321,7 @@ class Stats:
     calls_during: Counter[str] = field(default_factory=Counter)
     in_flight_at: dict[str, int] = field(default_factory=dict)
     created: int = 0
+    closing: dict[str, Any] = field(default_factory=dict)
 
 
 class Load:
@@ -646,7 +706,7 @@ TASK_TYPE = {
 class Deployment:
     tmp: Path
     children: Children
-    postgres: EmbeddedPostgres
+    postgres: Postgres
     temporal: EmbeddedTemporal
     queue: str
     database_url: str = ""
@@ -773,7 +833,7 @@ async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
     dep = Deployment(
         tmp=tmp_path,
         children=Children(logs),
-        postgres=EmbeddedPostgres(tmp_path / "postgres"),
+        postgres=Postgres(tmp_path / "postgres"),
         temporal=EmbeddedTemporal(tmp_path / "temporal", port=free_port(), ui_port=free_port()),
         queue=f"co-fault-{uuid.uuid4().hex[:8]}",
     )
@@ -784,8 +844,11 @@ async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
             await dep.children.stop_all()
         finally:
             dep.children.kill_all()
-            await dep.temporal.stop()
-            await dep.postgres.stop()
+            try:
+                await dep.temporal.stop()
+                await dep.postgres.stop()
+            finally:
+                dep.postgres.kill()
 
 
 # -- the test ------------------------------------------------------------------------------------
@@ -847,6 +910,7 @@ async def test_deployed_stack_survives_a_killed_worker_and_a_postgres_restart(de
         "calls in flight when the faults began": load.stats.in_flight_at,
         "answers": dict(sorted(load.stats.codes.items())),
         "notes": dict(load.stats.notes),
+        "closing": load.stats.closing,
     }
     print(json.dumps(summary, indent=2))
     (dep.tmp / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -969,15 +1033,19 @@ async def verify(
             page += 1
 
     # Every task closes (delegated ones finish their work, the reconciler may repair some).
+    kind_of = {e.id: e.kind for e in expected if e.id}
     closing_started = time.monotonic()
     while True:
         tasks = await listed()
         active = {i: t["status"] for i, t in tasks.items() if t["status"] in ACTIVE}
+        if not load.stats.closing:
+            load.stats.closing["active when the load ended"] = dict(Counter(kind_of.get(i) for i in active))
         if not active:
             break
         if time.monotonic() - closing_started > 120:
             return [f"{i}: still {s} 120s after the load ended" for i, s in list(active.items())[:30]]
         await asyncio.sleep(1)
+    load.stats.closing["seconds until all closed"] = round(time.monotonic() - closing_started, 1)
 
     mismatches: list[str] = []
     by_id = {e.id: e for e in expected if e.id}
