@@ -168,7 +168,8 @@ class Ours:
         try:
             resp = await self.api.post(TASKS, json=body, headers=HEADERS)
         except httpx.TransportError as err:
-            chain, cause = [], err.__cause__ or err.__context__
+            chain: list[str] = []
+            cause = err.__cause__ or err.__context__
             while cause is not None and len(chain) < 5:
                 chain.append(f"{type(cause).__module__}.{type(cause).__name__}({cause!r})")
                 cause = cause.__cause__ or cause.__context__
