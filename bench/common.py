@@ -5,6 +5,7 @@ Everything talks to 127.0.0.1 (or a unix socket of embedded Postgres) only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -126,6 +127,32 @@ def load_average() -> tuple[float, float, float]:
     """The machine's 1, 5 and 15 minute load averages (it is shared: report them with the figures)."""
     one, five, fifteen = os.getloadavg()
     return round(one, 2), round(five, 2), round(fifteen, 2)
+
+
+async def watch_loop_lag(report: Callable[[float], None], interval: float = 0.05) -> None:
+    """Report, every second, how late this event loop ran an ``interval`` sleep at worst (ms).
+
+    A late wake-up is time the loop could not run callbacks: it was busy, or its thread waited for
+    the GIL (Temporal's workflow activations run in a thread pool) or for a CPU.
+    """
+    loop = asyncio.get_running_loop()
+    worst, window_end = 0.0, loop.time() + 1.0
+    while True:
+        before = loop.time()
+        await asyncio.sleep(interval)
+        worst = max(worst, loop.time() - before - interval)
+        if loop.time() >= window_end:
+            report(worst * 1000)
+            worst, window_end = 0.0, loop.time() + 1.0
+
+
+def lag_summary(lags: Sequence[tuple[float, float]], t0: float) -> dict[str, float]:
+    """Of ``(time.perf_counter(), worst lag of that second in ms)`` pairs since ``t0``: the max and
+    the median of the per-second worst lags."""
+    values = sorted(lag for t, lag in lags if t >= t0)
+    if not values:
+        return {}
+    return {"max_ms": round(values[-1], 1), "median_of_second_max_ms": round(values[len(values) // 2], 1)}
 
 
 # --- CPU accounting ---------------------------------------------------------------------------------

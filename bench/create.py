@@ -302,10 +302,12 @@ async def main(args: argparse.Namespace) -> int:
                     profiler.start(f"create-{tag}")
                 async with driver.session():
                     meter.start()
+                    t0 = time.perf_counter()
                     r.wall_s, latencies = await timed_creates(
                         lambda i: driver.create(tag, i), n, args.concurrency, args.timeout
                     )
                     r.cpu_s = meter.stop()
+                    r.extra["service_loop_lag"] = service.lag_since(t0)
                 if rnd and (profile := profiler.stop()):
                     r.extra["profile"] = profile
                 r.load_average = load_average()
@@ -374,6 +376,7 @@ def report(
                 f"{r.creates_per_s:.1f}",
                 f"{r.p50_ms:.0f}/{r.p90_ms:.0f}/{r.p99_ms:.0f}",
                 "" if r.eager is None else r.eager,
+                f"{r.extra.get('service_loop_lag', {}).get('max_ms', 0):.0f}",
                 *(f"{per[k]:.1f}" for k in groups),
                 " ".join(str(x) for x in r.load_average),
             ]
@@ -388,6 +391,7 @@ def report(
             "creates/s",
             "p50/p90/p99 ms",
             "eager",
+            "svc loop lag max ms",
             "service cpu ms/create",
             "loadgen cpu ms/create",
             "temporal cpu ms/create",

@@ -48,6 +48,7 @@ from bench.common import (
     enable_bytecode_cache,
     exit_now,
     free_port,
+    lag_summary,
     load_average,
     log,
     machine,
@@ -56,6 +57,7 @@ from bench.common import (
     print_table,
     temporal_address,
     temporal_server,
+    watch_loop_lag,
     write_results,
 )
 from common_operations.bootstrap import open_runtime
@@ -73,6 +75,7 @@ TASKS = "/api/v1/operations/tasks"
 TASK_TYPE = "bench_noop"
 POLL_INTERVAL = 0.2
 TARGET_RATIO = 0.7
+LOUD_LAG_MS = 1000.0
 PATHS = ("baseline", "ours", "service", "service-nosa")
 
 
@@ -276,6 +279,14 @@ async def main(args: argparse.Namespace) -> int:
             database=database_name(url),
         )
         profiler = Profiler(args.py_spy)
+        lags: list[tuple[float, float]] = []
+
+        def record_lag(ms: float) -> None:
+            lags.append((time.perf_counter(), ms))
+            if ms >= LOUD_LAG_MS:
+                log(f"  the event loop ran {ms / 1000:.1f} s late")
+
+        lag_watch = asyncio.create_task(watch_loop_lag(record_lag), name="loop-lag")
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         async with (
@@ -345,18 +356,24 @@ async def main(args: argparse.Namespace) -> int:
                             log(f"round {rnd}: {path}, {args.tasks} items")
                             profiler.start(f"lifecycle-{tag}")
                             meter.start()
+                            t0 = time.perf_counter()
                             r = await timed(path, args.tasks, args.timeout, tag)
                             r.cpu_s = meter.stop()
+                            r.extra["loop_lag"] = lag_summary(lags, t0)
                             r.extra["load_average"] = load_average()
                             r.round = rnd
                             r.tasks_per_s = args.tasks / r.wall_s
                             if profile := profiler.stop():
                                 r.extra["profile"] = profile
                             results.append(r)
-                            log(f"  {r.tasks_per_s:.1f} items/s ({r.wall_s:.2f} s), cpu {r.cpu_s}")
+                            log(
+                                f"  {r.tasks_per_s:.1f} items/s ({r.wall_s:.2f} s), cpu {r.cpu_s}, "
+                                f"loop lag {r.extra['loop_lag']}, load {r.extra['load_average']}"
+                            )
             finally:
                 http_task.cancel()
-                await asyncio.gather(http_task, return_exceptions=True)
+                lag_watch.cancel()
+                await asyncio.gather(http_task, lag_watch, return_exceptions=True)
     return report(args, run, results)
 
 
@@ -377,6 +394,7 @@ def report(args: argparse.Namespace, run: str, results: list[RunResult]) -> int:
                 f"{per_item.get('python', 0):.1f}",
                 f"{per_item.get('temporal', 0):.1f}",
                 f"{per_item.get('postgres', 0):.1f}",
+                f"{r.extra.get('loop_lag', {}).get('max_ms', 0):.0f}",
             ]
         )
     print()
@@ -392,6 +410,7 @@ def report(args: argparse.Namespace, run: str, results: list[RunResult]) -> int:
             "py cpu ms/item",
             "temporal cpu ms/item",
             "pg cpu ms/item",
+            "loop lag max ms",
         ],
         rows,
     )

@@ -380,8 +380,10 @@ async def main(args: argparse.Namespace) -> int:
                 if rnd:
                     profiler.start(f"progress-{tag}")
                 meter.start()
+                t0 = time.perf_counter()
                 r.wall_s, latencies = await drive(targets, lanes, args.timeout)
                 r.cpu_s = meter.stop()
+                r.extra["service_loop_lag"] = service.lag_since(t0)
                 if rnd and (profile := profiler.stop()):
                     r.extra["profile"] = profile
                 r.load_average = load_average()
@@ -435,6 +437,7 @@ def report(
                 f"{r.p50_ms:.1f}/{r.p99_ms:.1f}",
                 *(f"{per[k]:.2f}" for k in groups),
                 r.busy_retries,
+                f"{r.extra.get('service_loop_lag', {}).get('max_ms', 0):.0f}",
                 " ".join(str(x) for x in r.load_average),
             ]
         )
@@ -453,6 +456,7 @@ def report(
             "temporal cpu ms/rep",
             "pg cpu ms/rep",
             "429 retries",
+            "svc loop lag max ms",
             "load avg",
         ],
         rows,

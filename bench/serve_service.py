@@ -12,7 +12,8 @@ runs on that queue in this same process, on the same client. The service's opera
 are left at their defaults; one external task type, ``bench_external``, is configured.
 
 Prints one JSON line on stdout once both listeners answer (``{"ready": true, ...}``: pid, ports,
-the effective settings) and stops on SIGTERM/SIGINT. :func:`service_process` starts and stops it.
+the effective settings), then every second the worst lag of its event loop in that second
+(``loop-lag-ms 12.3``), and stops on SIGTERM/SIGINT. :func:`service_process` starts and stops it.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import enable_bytecode_cache, exit_now, log
+from bench.common import enable_bytecode_cache, exit_now, lag_summary, log, watch_loop_lag
 from bench.serve_api import wait_listening
 
 TASK_TYPE = "bench_external"
+LAG_PREFIX = "loop-lag-ms "
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
         server, grpc_port = await build_server(runtime, "127.0.0.1", args.grpc_port)
         await server.start()
         parts = {
+            "lag": watch_loop_lag(lambda ms: print(f"{LAG_PREFIX}{ms:.1f}", flush=True)),
             "worker": run_worker(runtime),
             "rest": serve_http(runtime, "127.0.0.1", args.rest_port),
         }
@@ -141,12 +145,18 @@ def parse_args() -> argparse.Namespace:
 
 @dataclass
 class ServiceProcess:
-    """A running ``bench.serve_service``: its pid and what its ready line said."""
+    """A running ``bench.serve_service``: its pid, what its ready line said, its event-loop lag."""
 
     pid: int
     grpc_port: int
     rest_port: int
     ready: dict[str, Any]
+    # (time.perf_counter() here when received, the largest lag of its loop in that second, ms)
+    lags: list[tuple[float, float]] = field(default_factory=list)
+
+    def lag_since(self, t0: float) -> dict[str, float]:
+        """The service loop's lag since ``t0`` (``time.perf_counter()``), see :func:`lag_summary`."""
+        return lag_summary(self.lags, t0)
 
 
 @contextlib.asynccontextmanager
@@ -201,8 +211,9 @@ async def service_process(
                     log(f"service: {text}")
         log(f"service process {proc.pid} ready: gRPC :{ready['grpc_port']}, REST :{ready['rest_port']}")
         # Keep reading its stdout (a full pipe would block it), passed on to our stderr.
-        drain = asyncio.create_task(_forward(proc.stdout), name="service-stdout")
-        yield ServiceProcess(proc.pid, int(ready["grpc_port"]), int(ready["rest_port"]), ready)
+        service = ServiceProcess(proc.pid, int(ready["grpc_port"]), int(ready["rest_port"]), ready)
+        drain = asyncio.create_task(_forward(proc.stdout, service), name="service-stdout")
+        yield service
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -217,9 +228,13 @@ async def service_process(
             await asyncio.gather(drain, return_exceptions=True)
 
 
-async def _forward(stream: asyncio.StreamReader) -> None:
+async def _forward(stream: asyncio.StreamReader, service: ServiceProcess) -> None:
     while line := await stream.readline():
-        print(f"service: {line.decode(errors='replace').rstrip()}", file=sys.stderr, flush=True)
+        text = line.decode(errors="replace").rstrip()
+        if text.startswith(LAG_PREFIX):
+            service.lags.append((time.perf_counter(), float(text.removeprefix(LAG_PREFIX))))
+        else:
+            print(f"service: {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
