@@ -389,6 +389,8 @@ async def main(args: argparse.Namespace) -> int:
                 r.load_average = load_average()
                 r.busy_retries = busy.retries
                 r.extra |= await driver.finish(tag, counts)
+                # logged when each finishes: counted after the finish / clean-up
+                r.extra["slow_workflow_tasks"] = service.slow_workflow_tasks_since(t0)
                 latencies.sort()
                 r.reports_per_s = n / r.wall_s
                 r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms = (
@@ -438,6 +440,7 @@ def report(
                 *(f"{per[k]:.2f}" for k in groups),
                 r.busy_retries,
                 f"{r.extra.get('service_loop_lag', {}).get('max_ms', 0):.0f}",
+                r.extra.get("slow_workflow_tasks", ""),
                 " ".join(str(x) for x in r.load_average),
             ]
         )
@@ -457,6 +460,7 @@ def report(
             "pg cpu ms/rep",
             "429 retries",
             "svc loop lag max ms",
+            "wf tasks > 5 s",
             "load avg",
         ],
         rows,

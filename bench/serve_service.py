@@ -153,10 +153,16 @@ class ServiceProcess:
     ready: dict[str, Any]
     # (time.perf_counter() here when received, the largest lag of its loop in that second, ms)
     lags: list[tuple[float, float]] = field(default_factory=list)
+    # time.perf_counter() here of each TMPRL1104 warning of its worker (a workflow task took > 5 s)
+    slow_workflow_tasks: list[float] = field(default_factory=list)
 
     def lag_since(self, t0: float) -> dict[str, float]:
         """The service loop's lag since ``t0`` (``time.perf_counter()``), see :func:`lag_summary`."""
         return lag_summary(self.lags, t0)
+
+    def slow_workflow_tasks_since(self, t0: float) -> int:
+        """How many workflow tasks of its worker took more than 5 s since ``t0``."""
+        return sum(t >= t0 for t in self.slow_workflow_tasks)
 
 
 @contextlib.asynccontextmanager
@@ -194,10 +200,15 @@ async def service_process(
         command.append("--env-bytecode")
     if not eager:
         command.append("--no-eager")
-    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT)
-    drain: asyncio.Task[None] | None = None
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO_ROOT
+    )
+    drains: list[asyncio.Task[None]] = []
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
+        service = ServiceProcess(proc.pid, 0, 0, {})
+        # Read its stderr all along (a full pipe would block it), passed on to ours.
+        drains.append(asyncio.create_task(_forward_stderr(proc.stderr, service), name="service-stderr"))
         ready: dict[str, Any] | None = None
         async with asyncio.timeout(READY_TIMEOUT):
             while ready is None:
@@ -210,9 +221,13 @@ async def service_process(
                 elif text:
                     log(f"service: {text}")
         log(f"service process {proc.pid} ready: gRPC :{ready['grpc_port']}, REST :{ready['rest_port']}")
-        # Keep reading its stdout (a full pipe would block it), passed on to our stderr.
-        service = ServiceProcess(proc.pid, int(ready["grpc_port"]), int(ready["rest_port"]), ready)
-        drain = asyncio.create_task(_forward(proc.stdout, service), name="service-stdout")
+        service.grpc_port, service.rest_port, service.ready = (
+            int(ready["grpc_port"]),
+            int(ready["rest_port"]),
+            ready,
+        )
+        # Keep reading its stdout too, passed on to our stderr.
+        drains.append(asyncio.create_task(_forward(proc.stdout, service), name="service-stdout"))
         yield service
     finally:
         if proc.returncode is None:
@@ -223,9 +238,9 @@ async def service_process(
                 log(f"service process {proc.pid} did not stop within {STOP_TIMEOUT:g}s; killing it")
                 proc.kill()
                 await proc.wait()
-        if drain is not None:
+        for drain in drains:
             drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
+        await asyncio.gather(*drains, return_exceptions=True)
 
 
 async def _forward(stream: asyncio.StreamReader, service: ServiceProcess) -> None:
@@ -235,6 +250,14 @@ async def _forward(stream: asyncio.StreamReader, service: ServiceProcess) -> Non
             service.lags.append((time.perf_counter(), float(text.removeprefix(LAG_PREFIX))))
         else:
             print(f"service: {text}", file=sys.stderr, flush=True)
+
+
+async def _forward_stderr(stream: asyncio.StreamReader, service: ServiceProcess) -> None:
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        if "TMPRL1104" in text:
+            service.slow_workflow_tasks.append(time.perf_counter())
+        print(f"service! {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
