@@ -27,6 +27,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowHistoryEventFilterType,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -275,12 +276,23 @@ class TaskWorkflows:
                         raise InvalidTransition(f"progress report rejected: {cause}") from err
                     if cause.type not in _TRANSIENT_UPDATE_FAILURES or attempt == _REPORT_ATTEMPTS:
                         raise _rejection(cause) from err
+                except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+                    # Sent, but its outcome did not come back in time (the run's workflow task is
+                    # late: its worker died, or its mirror write waits for Postgres). It may still
+                    # apply: the caller sends it again with the same report id, applied once.
+                    raise ServiceUnavailable(
+                        "the task's workflow did not answer the report in time; send it again with "
+                        "the same reportId"
+                    ) from err
                 except RPCError as err:
                     if err.status is RPCStatusCode.NOT_FOUND:
                         raise InvalidTransition("no workflow run is working on this task") from err
-                    # A continue-as-new that raced the report's workflow task: not accepted, retry.
-                    if not _is_transient(err) or attempt == _REPORT_ATTEMPTS:
+                    if not _is_transient(err):
                         raise domain_error(err) from err
+                    if attempt == _REPORT_ATTEMPTS:
+                        raise ServiceUnavailable(
+                            f"the task's workflow cannot take the report right now: {err.message}"
+                        ) from err
                 log.debug("progress report %s of task %s met a run switch; retrying", report_id, task_id)
                 await asyncio.sleep(_REPORT_BACKOFF * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -409,5 +421,10 @@ def _rejection(cause: ApplicationError) -> DomainError:
 
 def _is_transient(err: RPCError) -> bool:
     # The server answers FAILED_PRECONDITION "unexpected workflow task failure" when a continue-as-new
-    # raced an Update's workflow task: the Update was not accepted and can be sent again.
-    return err.status is RPCStatusCode.FAILED_PRECONDITION and "workflow task failure" in err.message
+    # raced an Update's workflow task, and "... due to Workflow Task in failed state" while the run's
+    # workflow task is being retried (its worker died, it timed out): the Update was not accepted
+    # and can be sent again.
+    message = err.message.lower()
+    return err.status is RPCStatusCode.FAILED_PRECONDITION and (
+        "workflow task failure" in message or "workflow task in failed state" in message
+    )
