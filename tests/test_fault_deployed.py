@@ -34,6 +34,7 @@ import grpc.aio
 import httpx
 import psutil
 import pytest
+from piccolo.engine.postgres import PostgresEngine
 from temporalio import activity
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -42,9 +43,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
 from common_operations.bootstrap import Runtime
+from common_operations.db.repository import TaskRepository
+from common_operations.domain.errors import ServiceUnavailable
 from common_operations.domain.principal import Principal
 from common_operations.domain.status import TaskStatus
-from common_operations.domain.task import CreateTask, PageRequest
+from common_operations.domain.task import CreateTask, PageRequest, TaskQuery
 from common_operations.domain.workflow_types import (
     PROGRESS_QUERY,
     DelegatedTaskInput,
@@ -1181,3 +1184,18 @@ async def test_a_delegated_activity_that_stops_answering_while_cancelled_ends_th
     assert snapshot.status == "cancelled" and snapshot.seq == events[-1].seq
     assert [e.event_type for e in events] == ["task.created", "task.started", "task.cancelled"]
     assert "order withdrawn" in events[-1].payload["message"]
+
+
+@pytest.mark.filterwarnings("ignore:.*Unable to connect to database")  # Piccolo's, on purpose here
+async def test_an_unreachable_postgres_is_service_unavailable_not_an_internal_error() -> None:
+    """What the API answers 503 for (retry later) while Postgres is down or restarting, not 500."""
+    engine = PostgresEngine(config={"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/none"})
+    await engine.start_connection_pool(min_size=0, max_size=1)
+    try:
+        repository = TaskRepository(engine)
+        with pytest.raises(ServiceUnavailable, match="Postgres cannot be reached"):
+            await repository.get(uuid.uuid4())
+        with pytest.raises(ServiceUnavailable):
+            await repository.page(TaskQuery())
+    finally:
+        await engine.close_connection_pool()
