@@ -40,6 +40,11 @@ async def _runs(runtime: Runtime, task_id: uuid.UUID) -> list[WorkflowExecutionS
     return statuses
 
 
+async def assert_runs(runtime: Runtime, task_id: uuid.UUID, expected: list[WorkflowExecutionStatus]) -> None:
+    """The task's workflow had exactly these runs (visibility lags a little behind closes)."""
+    await assert_eventually(lambda: _runs(runtime, task_id), lambda runs: runs == expected)
+
+
 async def assert_consistent(runtime: Runtime, task_id: uuid.UUID) -> Task:
     """The API's task equals its workflow's end (or live state), and its history has no gap."""
     task = await runtime.tasks.get_task(WHO, task_id)
@@ -79,7 +84,7 @@ async def test_cancel_between_insert_and_start(runtime: Runtime, worker: Worker)
     assert cancelled.status is TaskStatus.CANCELLED
     # The creator comes back and starts the workflow late: it starts nothing new.
     assert await runtime.tasks.runs.ensure_started(task) is None
-    assert await _runs(runtime, task.id) == [WorkflowExecutionStatus.CANCELED]
+    await assert_runs(runtime, task.id, [WorkflowExecutionStatus.CANCELED])
     final = await assert_consistent(runtime, task.id)
     events = (await runtime.tasks.task_events(WHO, task.id, PageRequest())).items
     assert [e.event_type for e in events] == ["task.created", "task.cancelled"]
@@ -111,7 +116,7 @@ async def test_a_start_that_errors_after_temporal_accepted_it(
         WHO, task.id, ProgressReport(processed_records=2, is_completed=True)
     )
     assert done.status is TaskStatus.COMPLETED
-    assert await _runs(runtime, task.id) == [WorkflowExecutionStatus.COMPLETED]
+    await assert_runs(runtime, task.id, [WorkflowExecutionStatus.COMPLETED])
     await assert_consistent(runtime, task.id)
 
 
@@ -178,7 +183,7 @@ async def test_delete_racing_a_report(runtime: Runtime, worker: Worker) -> None:
         else:
             assert (await assert_consistent(runtime, task.id)).status is TaskStatus.COMPLETED
             await svc.delete_task(WHO, task.id)
-        assert await _runs(runtime, task.id) == [WorkflowExecutionStatus.COMPLETED]
+        await assert_runs(runtime, task.id, [WorkflowExecutionStatus.COMPLETED])
 
 
 async def test_two_retries_at_once_retry_once(runtime: Runtime, worker: Worker) -> None:

@@ -48,14 +48,16 @@ async def test_one_reconciler_however_many_workers(settings: Settings, client: C
     ):
         await asyncio.gather(ensure_reconciler(first), ensure_reconciler(second), ensure_reconciler(first))
         queue = settings.temporal.task_queue
-        running = [
-            w
-            async for w in client.list_workflows(
+
+        async def running() -> list[str]:
+            query = (
                 f"WorkflowType = '{RECONCILER_WORKFLOW_TYPE}' AND TaskQueue = '{queue}' "
                 "AND ExecutionStatus = 'Running'"
             )
-        ]
-        assert [w.id for w in running] == [reconciler_workflow_id(queue)]
+            return [w.id async for w in client.list_workflows(query)]
+
+        # Visibility lags a little behind the start: wait for it, then it must be exactly one.
+        await assert_eventually(running, lambda ids: ids == [reconciler_workflow_id(queue)])
         status = await assert_eventually(first.workflows.reconciler_status, lambda s: s.passes >= 3)
         assert status.last is not None and status.last_error is None
         assert status.since is not None and status.since < status.last.finished_at
