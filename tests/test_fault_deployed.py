@@ -1037,10 +1037,12 @@ async def verify(
 
     # Every task closes (delegated ones finish their work, the reconciler may repair some).
     kind_of = {e.id: e.kind for e in expected if e.id}
+    # A task whose script stopped on an unexpected answer (reported already) may never close.
+    abandoned = {e.id for e in expected if e.id and not e.finished}
     closing_started = time.monotonic()
     while True:
         tasks = await listed()
-        active = {i: t["status"] for i, t in tasks.items() if t["status"] in ACTIVE}
+        active = {i: t["status"] for i, t in tasks.items() if t["status"] in ACTIVE and i not in abandoned}
         if not load.stats.closing:
             load.stats.closing["active when the load ended"] = dict(Counter(kind_of.get(i) for i in active))
         if not active:
