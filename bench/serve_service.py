@@ -37,6 +37,7 @@ from bench.serve_api import wait_listening
 
 TASK_TYPE = "bench_external"
 LAG_PREFIX = "loop-lag-ms "
+LOUD_LAG_MS = 1000.0
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -247,7 +248,10 @@ async def _forward(stream: asyncio.StreamReader, service: ServiceProcess) -> Non
     while line := await stream.readline():
         text = line.decode(errors="replace").rstrip()
         if text.startswith(LAG_PREFIX):
-            service.lags.append((time.perf_counter(), float(text.removeprefix(LAG_PREFIX))))
+            lag = float(text.removeprefix(LAG_PREFIX))
+            service.lags.append((time.perf_counter(), lag))
+            if lag >= LOUD_LAG_MS:
+                log(f"  the service's event loop ran {lag / 1000:.1f} s late")
         else:
             print(f"service: {text}", file=sys.stderr, flush=True)
 
