@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
+from common_operations.db.outage import as_outage
 from common_operations.domain.errors import DomainError, ErrorKind, RateLimited, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,12 @@ def grpc_errors(
         except grpc.aio.AbortError:
             # The method aborted the call itself; its status stands.
             raise
-        except Exception:
+        except Exception as exc:
+            if (outage := as_outage(exc)) is not None:  # an unreachable database: retry, not a bug
+                log.warning("%s: %s", getattr(method, "__qualname__", method), exc)
+                await context.abort(
+                    status_for(outage), outage.message, trailing_metadata=((ERROR_CODE_KEY, outage.code),)
+                )
             # The client learns nothing about internals; the traceback goes to the log.
             log.exception("unexpected error in %s", getattr(method, "__qualname__", method))
             await context.abort(

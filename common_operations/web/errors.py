@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from common_operations.db.outage import as_outage
 from common_operations.domain.errors import DomainError, ErrorKind, RateLimited
 from common_operations.web.schemas import FieldError, ProblemDetails
 
@@ -182,7 +183,13 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[ProblemDetails]:
-    """Anything unexpected: log the traceback, tell the client nothing about the internals."""
+    """Anything unexpected: log the traceback, tell the client nothing about the internals.
+
+    An unreachable database is not a bug: 503, to be retried.
+    """
+    if (outage := as_outage(exc)) is not None:
+        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        return domain_error_handler(request, outage)
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(request, 500, "INTERNAL", INTERNAL_DETAIL)
 
