@@ -155,6 +155,12 @@ def lag_summary(lags: Sequence[tuple[float, float]], t0: float) -> dict[str, flo
     return {"max_ms": round(values[-1], 1), "median_of_second_max_ms": round(values[len(values) // 2], 1)}
 
 
+# uvicorn closes a keep-alive connection after 5 idle seconds, and httpx keeps one for 5 s too: a
+# request sent on a connection just as the server closes it is reset (httpx.ReadError, seen under
+# load, when the server's timer fires late). Clients expire idle connections sooner.
+CLIENT_KEEPALIVE_EXPIRY = 2.0
+
+
 # --- CPU accounting ---------------------------------------------------------------------------------
 
 

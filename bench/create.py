@@ -49,6 +49,7 @@ from temporalio.worker import Worker
 
 from bench.baseline import CounterWorkflow
 from bench.common import (
+    CLIENT_KEEPALIVE_EXPIRY,
     DATABASE_ENV,
     CpuMeter,
     Profiler,
@@ -140,14 +141,17 @@ class Ours:
     def __init__(self, base_url: str, concurrency: int) -> None:
         """Talk to the service process's REST listener at ``base_url``, ``concurrency`` connections."""
         self.base_url = base_url
-        self.limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self.limits = httpx.Limits(
+            max_connections=concurrency,
+            max_keepalive_connections=concurrency,
+            keepalive_expiry=CLIENT_KEEPALIVE_EXPIRY,
+        )
         self._api: httpx.AsyncClient | None = None
         self.ids: list[str] = []
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
-        """Fresh keep-alive connections for one phase (uvicorn closes idle ones after 5 s, and a
-        request racing that close fails with ``ReadError``)."""
+        """Fresh connections for one phase (see ``CLIENT_KEEPALIVE_EXPIRY``)."""
         async with httpx.AsyncClient(base_url=self.base_url, limits=self.limits, timeout=60) as api:
             self._api = api
             try:

@@ -39,6 +39,7 @@ from temporalio.worker import Worker
 
 from bench.baseline import NOOP_ACTIVITY, BaselineWorkflow, baseline_noop, noop_task
 from bench.common import (
+    CLIENT_KEEPALIVE_EXPIRY,
     DATABASE_ENV,
     CpuMeter,
     Profiler,
@@ -301,13 +302,16 @@ async def main(args: argparse.Namespace) -> int:
         ):
             http_task = asyncio.create_task(serve_http(runtime, "127.0.0.1", port), name="rest")
             limits = httpx.Limits(
-                max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+                max_connections=args.concurrency,
+                max_keepalive_connections=args.concurrency,
+                keepalive_expiry=CLIENT_KEEPALIVE_EXPIRY,
             )
+            poller_limits = httpx.Limits(keepalive_expiry=CLIENT_KEEPALIVE_EXPIRY)
             try:
                 await wait_http(base_url)
                 async with (
                     httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as api,
-                    httpx.AsyncClient(base_url=base_url, timeout=60) as poller,
+                    httpx.AsyncClient(base_url=base_url, limits=poller_limits, timeout=60) as poller,
                 ):
                     no_sa = TaskService(
                         runtime.repository,
