@@ -58,6 +58,7 @@ from common_operations.domain.workflow_types import (
 from common_operations.grpc.v1 import operations_pb2 as pb
 from common_operations.grpc.v1 import operations_pb2_grpc
 from common_operations.infra.embedded import EmbeddedPostgres, EmbeddedTemporal
+from common_operations.worker import build_worker
 from tests.delegates import delegate_worker
 from tests.stack import alive, free_port
 
@@ -1201,3 +1202,33 @@ async def test_an_unreachable_postgres_is_service_unavailable_not_an_internal_er
             await repository.page(TaskQuery())
     finally:
         await engine.close_connection_pool()
+
+
+async def test_a_task_cancelled_before_its_first_workflow_task_ends_cancelled(
+    runtime: Runtime, client: Client
+) -> None:
+    """Behind a dead or overloaded worker, a scheduled task is cancelled and its time passes.
+
+    The run's first workflow task then starts the task and is cancelled while it writes that. The
+    run once lost track of that write: its cancellation was fenced out as if another run owned the
+    task, the run failed and the task stayed ``scheduled`` for good.
+    """
+    me = Principal("fault-test")
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    task = await runtime.tasks.create_task(
+        me, CreateTask("process", "product", "fault-test", scheduled_at=at)
+    )
+    await runtime.workflows.cancel(str(task.id), "schedule withdrawn", wait=0)
+    await asyncio.sleep(1.5)  # the scheduled time passes before any worker runs the workflow
+    async with build_worker(runtime):
+        handle = client.get_workflow_handle(workflow_id_for(str(task.id)))
+        result = await asyncio.gather(handle.result(), return_exceptions=True)
+        status = (await handle.describe()).status
+    assert status is WorkflowExecutionStatus.CANCELED, result
+    assert (await runtime.tasks.get_task(me, task.id)).status is TaskStatus.CANCELLED
+    events = (await runtime.tasks.task_events(me, task.id, PageRequest())).items
+    assert [(e.seq, e.event_type) for e in events] == [
+        (0, "task.created"),
+        (1, "task.pending"),
+        (2, "task.cancelled"),
+    ]

@@ -599,7 +599,7 @@ class TaskWorkflow:
         self._last_flush = now
         self._upsert_search_attributes()
         c = self._counts
-        outcome = await workflow.execute_local_activity(
+        write = workflow.start_local_activity(
             MIRROR_ACTIVITY,
             MirrorWrite(
                 task_id=self._inp.task_id,
@@ -629,6 +629,17 @@ class TaskWorkflow:
             retry_policy=MIRROR_RETRY,
             result_type=str,
         )
+        try:
+            outcome = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The run is being cancelled while it writes: finish the write first, or the run would
+            # not know whether the row took it (its sequence and claim would no longer match the
+            # row's, and the cancellation's own write be fenced out). Then cancel.
+            self._written(await write)
+            raise
+        self._written(outcome)
+
+    def _written(self, outcome: str) -> None:
         if MirrorOutcome(outcome) is MirrorOutcome.FENCED:
             # Another attempt took the task over (or it was deleted): stop, write nothing more.
             self._fenced = "another run owns this task now, or it was deleted; this run stopped"
