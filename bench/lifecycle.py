@@ -5,8 +5,10 @@
 One process hosts everything, as ``common-operations run`` does: the Temporal dev server (child
 process), the service's worker (``build_worker``), the "other service's" worker serving the no-op
 delegated activity, a worker for the baseline, the REST API (uvicorn on a free 127.0.0.1 port) and
-the load (httpx). Postgres is ``--database-url`` / ``BENCH_DATABASE_URL`` (a fresh database is
-created and dropped) or embedded Postgres in a temporary directory.
+the load (httpx). The runtime is opened ``with_worker=True`` as ``run`` opens it, so the service
+starts runs eagerly on its in-process worker; the baseline asks for eager starts on the same client
+(``--no-eager``: neither). Postgres is ``--database-url`` / ``BENCH_DATABASE_URL`` (a fresh database
+is created and dropped) or embedded Postgres in a temporary directory.
 
 - **baseline**: N ``BenchBaselineWorkflow`` (one no-op activity each) started through the same
   Temporal client, at most C starts in flight, and awaited (``handle.result()``).
