@@ -7,7 +7,10 @@ started again. Afterwards every task must be in the state its workflow ended in,
 counts the reporter sent, a gap-free event sequence, and no 500 was ever answered.
 
 Every process the test starts is tracked by pid and killed at the end, whatever happened. The
-random choices come from a seed printed in the summary (``FAULT_SEED`` repeats a run).
+random choices come from a seed printed in the summary (``FAULT_SEED`` repeats a run); the report
+of a failed run and every process's log stay in the test's tmp dir.
+
+The smaller tests at the end reproduce, deterministically, what runs of the big one found.
 """
 
 from __future__ import annotations
@@ -1146,7 +1149,7 @@ async def compare(client: Client, load: Load, exp: Expected) -> list[str]:
     return [f"{where}: {line}" for line in found]
 
 
-# -- a fault at the other service ----------------------------------------------------------------
+# -- what runs of the test above found, reproduced ----------------------------------------------
 
 
 async def test_a_delegated_activity_that_stops_answering_while_cancelled_ends_the_task_cancelled(
