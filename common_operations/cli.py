@@ -134,9 +134,9 @@ def _main(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         _error(str(exc))
         code = 1
     except SystemExit as exc:
-        # Uvicorn calls sys.exit() inside its serving task when it cannot listen, and asyncio lets that
-        # escape the event loop, past our cleanup. Closing the runner cancels every task left, so the
-        # cleanup runs now.
+        # A library calling sys.exit() inside a task (uvicorn does when it cannot listen; serve_http
+        # turns that into an OSError) escapes the event loop, past our cleanup. Closing the runner
+        # cancels every task left, so the cleanup runs now.
         with contextlib.suppress(BaseException):
             runner.close()
         _error(f"a part of the service exited (status {exc.code}); see the messages above")

@@ -139,7 +139,10 @@ async def test_a_start_failing_half_way_stops_what_it_started(
         assert out.rstrip().endswith("stopped (SIGTERM).")
     else:
         assert f"('127.0.0.1', {stack.http_port}): address already in use" in out  # uvicorn's message
-        assert "error: a part of the service exited (status 3); see the messages above" in out
+        assert (
+            f"error: rest failed: the REST API could not listen on 127.0.0.1:{stack.http_port} "
+            "(uvicorn exited with status 3)" in out
+        )
         assert "Common Operations is running" not in out
     assert "stopped Postgres (pid" in out
     assert stack.remaining() == [], out

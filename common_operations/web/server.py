@@ -40,14 +40,22 @@ async def serve_http(runtime: Runtime, host: str, port: int) -> None:
         create_app(runtime), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
     )
     server = _Server(config)
-    serving = asyncio.ensure_future(server.serve())
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:
+            # Uvicorn exits the interpreter when it cannot bind. Caught inside the task: a SystemExit
+            # leaving a task escapes the event loop itself, past every cleanup of the run.
+            raise OSError(
+                f"the REST API could not listen on {host}:{port} (uvicorn exited with status {exc.code})"
+            ) from None
+
+    serving = asyncio.ensure_future(serve())
     try:
         await asyncio.shield(serving)
     except asyncio.CancelledError:
         server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError, SystemExit):
+        with contextlib.suppress(asyncio.CancelledError, OSError):
             await serving
         raise
-    except SystemExit as exc:
-        # Uvicorn exits the interpreter when it cannot bind; a supervisor wants an exception.
-        raise OSError(f"the REST API could not listen on {host}:{port}") from exc
