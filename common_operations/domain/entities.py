@@ -203,7 +203,7 @@ class EntitySpec:
                 norm = normalize_name(label)
                 if not norm:
                     raise ValueError(f"field {f.name!r}: empty alias")
-                if norm in seen and not (seen[norm] == f.name and label == f.name):
+                if norm in seen and seen[norm] != f.name:
                     raise ValueError(
                         f"field {f.name!r}: name or alias {label!r} clashes with field {seen[norm]!r}"
                     )
