@@ -1,0 +1,383 @@
+"""Streaming row writers for bulk exports: CSV, JSON Lines and XLSX into a binary output stream.
+
+Each writer takes rows of Python values and writes them to ``out`` (anything with
+``write(bytes)``), batching writes into about 64 KiB so that an object-storage upload stream is not
+called once per row. ``close()`` flushes; it never closes ``out``, which belongs to the caller.
+
+Value rendering, shared by CSV and the text of JSON Lines:
+
+* ``None`` is an empty CSV field, JSON ``null``, an empty XLSX cell.
+* ``bool`` is ``true``/``false`` (a boolean cell in XLSX).
+* ``int``/``float`` are numbers; ``Decimal`` is written exactly as its digits (no exponent in
+  CSV): a JSON *number* made from ``str(value)``, so no precision is lost. Non-finite floats are
+  JSON ``null``.
+* ``date``/``datetime``/``time`` are ISO 8601 (typed date cells in XLSX; timezone-aware datetimes
+  are converted to UTC there, as Excel has no timezones).
+* ``dict``/``list`` are compact JSON text in CSV and XLSX.
+
+Formula neutralisation (on by default, CSV and XLSX only): a *string* that starts with
+``= + - @ TAB CR`` is prefixed with ``'`` so that a spreadsheet shows it instead of running it.
+It applies to strings only: the int ``-5`` stays a number, the string ``"-5"`` becomes ``'-5``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+from uuid import UUID
+
+from openpyxl import Workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.utils.exceptions import IllegalCharacterError
+
+FLUSH_BYTES = 64 * 1024
+_FORMULA_TRIGGERS = frozenset("=+-@\t\r")
+# Excel keeps 15 significant digits; larger integers (ids) are written as text to stay exact.
+_EXCEL_INT_LIMIT = 10**15
+
+
+class SupportsWriteBytes(Protocol):
+    """An output stream: anything with ``write(bytes)``."""
+
+    def write(self, data: bytes, /) -> object:
+        """Write ``data``."""
+        ...
+
+
+class RowWriter(Protocol):
+    """Writes rows of values in header order; ``rows`` counts the data rows written."""
+
+    rows: int
+
+    def write_row(self, values: Sequence[Any]) -> None:
+        """Write one row, values in header order."""
+        ...
+
+    def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Write many rows; faster than ``write_row`` one by one."""
+        ...
+
+    def close(self) -> None:
+        """Flush everything to the output stream (which stays open)."""
+        ...
+
+
+def neutralize(value: str) -> str:
+    """Keep a spreadsheet from running a string cell as a formula.
+
+    Args:
+        value: A string cell.
+
+    Returns:
+        ``value`` prefixed with ``'`` when it starts with ``= + - @``, a tab or a carriage return;
+        otherwise ``value`` unchanged.
+    """
+    if value and value[0] in _FORMULA_TRIGGERS:
+        return "'" + value
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        # Nested in a dict or list: only a top-level Decimal can be written as an exact number.
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return str(value)  # UUID and anything else with a meaningful text form
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def _text(value: Any) -> Any:
+    """A CSV field for a value that is not a str, int or float."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, (dict, list, tuple)):
+        return _compact_json(value)
+    if isinstance(value, Enum):
+        return _text(value.value) if not isinstance(value.value, str) else value.value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return value
+    return str(value)
+
+
+class _BufferedText:
+    """Text collected in memory and written to ``out`` as UTF-8 in ~64 KiB batches."""
+
+    def __init__(self, out: SupportsWriteBytes):
+        self._out = out
+        self.buf = io.StringIO(newline="")
+
+    def maybe_flush(self) -> None:
+        if self.buf.tell() >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        data = self.buf.getvalue()
+        if data:
+            self.buf.seek(0)
+            self.buf.truncate()
+            self._out.write(data.encode("utf-8"))
+
+
+class _ClosingMixin:
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class CsvRowWriter(_ClosingMixin):
+    """CSV: UTF-8 without BOM, comma, RFC 4180 quoting, CRLF line ends (as RFC 4180 and Excel use)."""
+
+    def __init__(self, out: SupportsWriteBytes, header: Sequence[str], *, neutralize_formulas: bool = True):
+        self.rows = 0
+        self._text = _BufferedText(out)
+        self._writer = csv.writer(self._text.buf, lineterminator="\r\n")
+        self._neutralize = neutralize_formulas
+        self._writer.writerow([self._cell(name) for name in header])
+        self._closed = False
+
+    def _cell(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is str:
+            if self._neutralize and value and value[0] in _FORMULA_TRIGGERS:
+                return "'" + value
+            return value
+        if kind is int or (kind is float and math.isfinite(value)):
+            return value  # csv.writer renders these itself, faster
+        value = _text(value)
+        if self._neutralize and type(value) is str and value and value[0] in _FORMULA_TRIGGERS:
+            return "'" + value
+        return value
+
+    def write_row(self, values: Sequence[Any]) -> None:
+        """Write one row, values in header order."""
+        cell = self._cell
+        self._writer.writerow([cell(v) for v in values])
+        self.rows += 1
+        self._text.maybe_flush()
+
+    def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Write many rows, values in header order."""
+        cell = self._cell
+        writerow = self._writer.writerow
+        maybe_flush = self._text.maybe_flush
+        for values in rows:
+            writerow([cell(v) for v in values])
+            self.rows += 1
+            maybe_flush()
+
+    def close(self) -> None:
+        """Flush the remaining rows to ``out``, which stays open."""
+        if not self._closed:
+            self._closed = True
+            self._text.flush()
+
+
+class _NeedsSlowPath(Exception):
+    pass
+
+
+def _strict_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        raise _NeedsSlowPath
+    return _json_default(value)
+
+
+def _json_value(value: Any) -> str:
+    """One top-level JSON value, with a Decimal as an exact number and NaN/inf as null."""
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "null"
+    return _compact_json(value)
+
+
+class JsonlRowWriter(_ClosingMixin):
+    """JSON Lines: one compact UTF-8 object per line keyed by the header, LF line ends."""
+
+    def __init__(self, out: SupportsWriteBytes, header: Sequence[str]):
+        self.rows = 0
+        self._header = list(header)
+        self._keys = [json.dumps(name, ensure_ascii=False) + ":" for name in self._header]
+        self._text = _BufferedText(out)
+        # allow_nan=False makes a non-finite float fail the fast path instead of writing NaN,
+        # which is not JSON.
+        self._encode: Callable[[Any], str] = json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), default=_strict_default, allow_nan=False
+        ).encode
+        self._closed = False
+
+    def _line(self, values: Sequence[Any]) -> str:
+        try:
+            return self._encode(dict(zip(self._header, values, strict=True)))
+        except (_NeedsSlowPath, ValueError):
+            # Rare enough per row to pay for encoding value by value.
+            parts = [key + _json_value(v) for key, v in zip(self._keys, values, strict=True)]
+            return "{" + ",".join(parts) + "}"
+
+    def write_row(self, values: Sequence[Any]) -> None:
+        """Write one row, values in header order."""
+        write = self._text.buf.write
+        write(self._line(values))
+        write("\n")
+        self.rows += 1
+        self._text.maybe_flush()
+
+    def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Write many rows, values in header order."""
+        for values in rows:
+            self.write_row(values)
+
+    def close(self) -> None:
+        """Flush the remaining rows to ``out``, which stays open."""
+        if not self._closed:
+            self._closed = True
+            self._text.flush()
+
+
+class XlsxRowWriter(_ClosingMixin):
+    """XLSX: a write-only openpyxl workbook spooled to a temporary file, copied to ``out`` on close.
+
+    Cells are typed where Excel has a type: numbers, booleans, dates. Integers of 16 digits or
+    more are written as text, as Excel would round them. Characters XLSX cannot hold (control
+    characters) are removed.
+    """
+
+    def __init__(
+        self,
+        out: SupportsWriteBytes,
+        header: Sequence[str],
+        *,
+        neutralize_formulas: bool = True,
+        sheet_name: str = "data",
+    ):
+        self.rows = 0
+        self._out = out
+        self._neutralize = neutralize_formulas
+        self._workbook = Workbook(write_only=True)
+        self._sheet = self._workbook.create_sheet(title=sheet_name)
+        self._closed = False
+        self._append([self._cell(name) for name in header])
+
+    def _cell(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is str:
+            if self._neutralize and value and value[0] in _FORMULA_TRIGGERS:
+                return "'" + value
+            return value
+        if kind is float or kind is bool or value is None or kind is date:
+            return value
+        if kind is int:
+            return value if -_EXCEL_INT_LIMIT < value < _EXCEL_INT_LIMIT else str(value)
+        if kind is datetime:
+            if value.tzinfo is not None:
+                return value.astimezone(UTC).replace(tzinfo=None)
+            return value
+        if isinstance(value, Decimal):
+            return value if value.is_finite() else str(value)
+        if isinstance(value, (dict, list, tuple)):
+            return _compact_json(value)
+        if isinstance(value, Enum):
+            return self._cell(value.value)
+        if isinstance(value, (str, UUID)):
+            return self._cell(str(value))
+        if isinstance(value, time):
+            return value.replace(tzinfo=None)
+        if isinstance(value, (int, float, date)):
+            return self._cell(value)  # subclasses the fast checks above skip
+        return self._cell(str(value))
+
+    def _append(self, cells: list[Any]) -> None:
+        try:
+            self._sheet.append(cells)
+        except IllegalCharacterError:
+            self._sheet.append([ILLEGAL_CHARACTERS_RE.sub("", c) if isinstance(c, str) else c for c in cells])
+
+    def write_row(self, values: Sequence[Any]) -> None:
+        """Write one row, values in header order."""
+        cell = self._cell
+        self._append([cell(v) for v in values])
+        self.rows += 1
+
+    def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Write many rows, values in header order."""
+        for values in rows:
+            self.write_row(values)
+
+    def close(self) -> None:
+        """Save the workbook and copy it to ``out`` in 64 KiB chunks; ``out`` stays open."""
+        if self._closed:
+            return
+        self._closed = True
+        with tempfile.TemporaryFile(suffix=".xlsx") as spool:
+            self._workbook.save(spool)
+            spool.seek(0)
+            shutil.copyfileobj(spool, self._out, FLUSH_BYTES)
+
+
+def open_writer(
+    fmt: Literal["csv", "jsonl", "xlsx"],
+    out: SupportsWriteBytes,
+    header: Sequence[str],
+    *,
+    neutralize_formulas: bool = True,
+    sheet_name: str = "data",
+) -> RowWriter:
+    """Open a row writer for an export file.
+
+    Args:
+        fmt: ``csv``, ``jsonl`` or ``xlsx``.
+        out: The binary output stream; the writer never closes it.
+        header: Column names; CSV and XLSX write them as the first row, JSONL uses them as keys.
+        neutralize_formulas: Prefix formula-like strings with ``'`` (CSV and XLSX).
+        sheet_name: The XLSX sheet title.
+
+    Returns:
+        The writer; call ``close()`` (or use it as a context manager) to flush.
+
+    Raises:
+        ValueError: For an unknown ``fmt``.
+    """
+    if fmt == "csv":
+        return CsvRowWriter(out, header, neutralize_formulas=neutralize_formulas)
+    if fmt == "jsonl":
+        return JsonlRowWriter(out, header)
+    if fmt == "xlsx":
+        return XlsxRowWriter(out, header, neutralize_formulas=neutralize_formulas, sheet_name=sheet_name)
+    raise ValueError(f"unknown export format {fmt!r}; expected csv, jsonl or xlsx")
