@@ -181,6 +181,56 @@ class DatabaseSettings(BaseModel):
     pool_max: int = Field(20, ge=1)
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible endpoint (MinIO in docker-compose, AWS S3, moto in tests)."""
+
+    endpoint: str = "127.0.0.1:9100"
+    access_key: str = "minioadmin"
+    secret_key: str = "minioadmin"
+    secure: bool = False
+    region: str = "us-east-1"
+    bucket: str = "common-operations"
+    create_bucket: bool = True
+    # Where clients reach the endpoint, when it differs from the service's view (a proxy, a
+    # container name): presigned URLs are signed for this host.
+    public_endpoint: str | None = None
+
+
+class StorageSettings(BaseModel):
+    """Where task files live: ``local`` disk (served and signed by the REST API) or ``s3``."""
+
+    backend: str = Field("local", pattern="^(local|s3)$")
+    # local: objects under this directory (default: <data_dir>/storage).
+    local_root: Path | None = None
+    # local: base of the signed upload/download URLs (default: http://127.0.0.1:<http.port>).
+    public_base_url: str | None = None
+    # local: the HMAC key of signed URLs (default: generated once into <data_dir>/storage.key).
+    signing_secret: str | None = None
+    s3: S3Settings = S3Settings()
+    upload_url_ttl: float = Field(3600.0, gt=0, description="seconds an upload URL stays valid")
+    download_url_ttl: float = Field(3600.0, gt=0, description="seconds a download URL stays valid")
+    max_upload_bytes: int = Field(5 * 1024**3, gt=0, description="largest accepted input file")
+
+
+class BulkSettings(BaseModel):
+    """Built-in import and export jobs."""
+
+    # Entity declarations, one YAML file per entity (relative to the project root).
+    entities_dir: Path = PROJECT_ROOT / "configs" / "entities"
+    # Databases the postgres sinks name (entity `sink.database`); an empty url is the service's
+    # own Postgres server with the database name `commerce` (created on start).
+    databases: dict[str, str | None] = Field(default_factory=lambda: {"commerce": None})
+    chunk_rows: int = Field(5000, ge=1, le=100_000, description="rows one import chunk commits at once")
+    heartbeat_timeout: float = Field(30.0, gt=0, description="seconds a bulk activity may stay silent")
+    retention_days: float = Field(30.0, gt=0, description="final tasks older than this are deleted")
+    retention_schedule: str = Field("0 3 * * *", description="cron of the retention job (UTC)")
+
+    @field_validator("entities_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value if value.is_absolute() else PROJECT_ROOT / value
+
+
 class Settings(BaseSettings):
     """All settings of the service."""
 
@@ -193,6 +243,8 @@ class Settings(BaseSettings):
     temporal: TemporalSettings = TemporalSettings()
     database: DatabaseSettings = DatabaseSettings()
     operations: OperationsSettings = OperationsSettings()
+    storage: StorageSettings = StorageSettings()
+    bulk: BulkSettings = BulkSettings()
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     temporal_address: str | None = Field(
         None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "temporal_address")
