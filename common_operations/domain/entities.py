@@ -29,9 +29,6 @@ BIGINT_MAX = 2**63 - 1
 _NUMERIC_MAX_ADJUSTED = 131071
 _NUMERIC_MIN_EXPONENT = -16383
 
-_INT_TEXT = re.compile(r"[+-]?[0-9]+")
-# Decimal() alone would also take "NaN", "Infinity" and "1_000".
-_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
@@ -284,10 +281,13 @@ def _type_parser(f: FieldSpec) -> Parser:
 
         def parse_int(v: Any) -> Any:
             if v.__class__ is str:
-                s = v.strip()
-                if len(s) > 21 or not _INT_TEXT.fullmatch(s):
+                # int() alone also takes "1_000" and non-ASCII digits; it strips whitespace itself.
+                if len(v) > 40 or "_" in v or not v.isascii():
                     raise _fail("INVALID_INT", f, f"not an integer: {quoted(v)}")
-                n = int(s)
+                try:
+                    n = int(v)
+                except ValueError:
+                    raise _fail("INVALID_INT", f, f"not an integer: {quoted(v)}") from None
             elif v.__class__ is int:
                 n = v
             elif (v.__class__ is float and math.isfinite(v) and v.is_integer()) or (
@@ -307,10 +307,18 @@ def _type_parser(f: FieldSpec) -> Parser:
         def parse_decimal(v: Any) -> Any:
             cls = v.__class__
             if cls is str:
-                s = v.strip()
-                if not _DECIMAL_TEXT.fullmatch(s):
+                # Decimal() alone also takes "1_000" and non-ASCII digits; NaN/Infinity are refused below.
+                if "_" in v or not v.isascii():
                     raise _fail("INVALID_DECIMAL", f, f"not a decimal number: {quoted(v)}")
-                d = Decimal(s)
+                try:
+                    d = Decimal(v)
+                except ArithmeticError:
+                    raise _fail("INVALID_DECIMAL", f, f"not a decimal number: {quoted(v)}") from None
+                if not d.is_finite():
+                    raise _fail("INVALID_DECIMAL", f, f"not a finite number: {quoted(v)}")
+                # Only an exponent or very long text can leave the range Postgres numeric stores.
+                if len(v) < 40 and "e" not in v and "E" not in v:
+                    return d
             elif cls is int:
                 d = Decimal(v)
             elif cls is float:
