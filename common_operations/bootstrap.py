@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from common_operations.config import Settings
 from common_operations.db import engine as db_engine
 from common_operations.db.repository import TaskRepository
 from common_operations.infra import cache, temporal
+from common_operations.infra.storage import Storage, build_storage
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.services.reconciler import Reconciler, reconciler_probes
 from common_operations.services.tasks import TaskService
@@ -29,6 +31,7 @@ class Runtime:
     repository: TaskRepository
     workflows: TaskWorkflows
     tasks: TaskService
+    storage: Storage
 
     def reconciler(self) -> Reconciler:
         """A reconciler over this runtime's mirror and workflows."""
@@ -58,6 +61,9 @@ async def open_runtime(
     )
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
     try:
+        storage = build_storage(settings)
+        # Blocking (a bucket check on S3), so off the event loop.
+        await asyncio.to_thread(storage.ensure_ready)
         repository = TaskRepository(engine)
         ops = settings.operations
         workflows = TaskWorkflows(
@@ -78,6 +84,7 @@ async def open_runtime(
             repository=repository,
             workflows=workflows,
             tasks=TaskService(repository, workflows, settings.operations, optional_probes=probes),
+            storage=storage,
         )
     finally:
         await engine.close_connection_pool()

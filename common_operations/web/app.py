@@ -13,6 +13,7 @@ from litestar.openapi.spec import Tag
 
 from common_operations.bootstrap import Runtime
 from common_operations.domain import task as limits
+from common_operations.web.controllers.files import FileController
 from common_operations.web.controllers.health import HealthController
 from common_operations.web.controllers.settings import (
     PaymentSettingsController,
@@ -94,6 +95,7 @@ def create_app(runtime: Runtime) -> Litestar:
     return Litestar(
         route_handlers=[
             TaskController,
+            FileController,
             HealthController,
             PaymentSettingsController,
             PublicPaymentSettingsController,
