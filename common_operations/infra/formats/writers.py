@@ -38,7 +38,6 @@ from uuid import UUID
 
 from openpyxl import Workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-from openpyxl.utils.exceptions import IllegalCharacterError
 
 FLUSH_BYTES = 64 * 1024
 _FORMULA_TRIGGERS = frozenset("=+-@\t\r")
@@ -69,6 +68,16 @@ class RowWriter(Protocol):
 
     def close(self) -> None:
         """Flush everything to the output stream (which stays open)."""
+        ...
+
+    def __enter__(self) -> Self:
+        """Return the writer itself."""
+        ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the writer."""
         ...
 
 
@@ -276,7 +285,7 @@ class XlsxRowWriter(_ClosingMixin):
 
     Cells are typed where Excel has a type: numbers, booleans, dates. Integers of 16 digits or
     more are written as text, as Excel would round them. Characters XLSX cannot hold (control
-    characters) are removed.
+    characters) are removed, and openpyxl cuts strings to Excel's 32,767 characters.
     """
 
     def __init__(
@@ -324,10 +333,12 @@ class XlsxRowWriter(_ClosingMixin):
         return self._cell(str(value))
 
     def _append(self, cells: list[Any]) -> None:
-        try:
-            self._sheet.append(cells)
-        except IllegalCharacterError:
-            self._sheet.append([ILLEGAL_CHARACTERS_RE.sub("", c) if isinstance(c, str) else c for c in cells])
+        # openpyxl's write-only sheet is unusable after it refuses a cell, so illegal characters
+        # are removed first; one search over the row's strings keeps the common case cheap.
+        texts = [c for c in cells if type(c) is str]
+        if texts and ILLEGAL_CHARACTERS_RE.search("\n".join(texts)):
+            cells = [ILLEGAL_CHARACTERS_RE.sub("", c) if type(c) is str else c for c in cells]
+        self._sheet.append(cells)
 
     def write_row(self, values: Sequence[Any]) -> None:
         """Write one row, values in header order."""
