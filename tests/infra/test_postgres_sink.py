@@ -227,8 +227,11 @@ async def test_unique_violation_is_reported_per_row(pool: asyncpg.Pool, schema: 
         (4, "UNIQUE_VIOLATION", "barcode"),
     ]
     assert [r["sku"] for r in await table_rows(pool, schema)] == ["A", "C", "E"]
+    assert "already used by another row" in rejected[0][3]
     saved = await sink.checkpoint("job-uq")
-    assert saved == cp(2)
+    assert saved is not None
+    assert saved.chunk_no == 2
+    assert saved.rejections == rejected
 
 
 async def test_constraint_violations_are_reported_per_row(pool: asyncpg.Pool, schema: str) -> None:
@@ -251,8 +254,17 @@ async def test_checkpoint_is_written_with_the_rows(pool: asyncpg.Pool, schema: s
     assert await sink.checkpoint(job) is None
     await sink.write_chunk(job, rows_of(conv, ["A", "a"]), "upsert", cp(1))
     assert await sink.checkpoint(job) == cp(1)
-    await sink.write_chunk(job, rows_of(conv, ["B", "b"]), "upsert", cp(2))
-    assert await sink.checkpoint(job) == cp(2)
+    last = cp(2)
+    last.first_row, last.done = 11, True
+    known = [(11, "INVALID_INT", "stock", "stock: not an integer: 'x'")]
+    rejected = await sink.write_chunk(
+        job, rows_of(conv, ["A", "x"], ["A", "y"], first=12), "insert", last, known_rejections=known
+    )
+    saved = await sink.checkpoint(job)
+    assert saved is not None
+    assert (saved.first_row, saved.done, saved.chunk_no) == (11, True, 2)
+    assert saved.rejections == [*known, *rejected]
+    assert [r[0] for r in saved.rejections] == [11, 12, 13]
     await sink.delete_checkpoint(job)
     assert await sink.checkpoint(job) is None
 

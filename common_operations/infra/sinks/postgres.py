@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,7 +59,12 @@ _ROW_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
 @dataclass(slots=True)
 class Checkpoint:
-    """Where an import job resumes: the input offset and row after the last committed chunk."""
+    """Where an import job resumes: the input offset and row after the last committed chunk.
+
+    ``first_row`` is the first row of that chunk, ``done`` marks the file's last chunk, and
+    ``rejections`` are that chunk's rejected rows (kept so the caller can repair its own records
+    of them after a crash between this commit and its own).
+    """
 
     next_offset: int
     next_row: int
@@ -67,6 +72,9 @@ class Checkpoint:
     processed: int
     success: int
     failed: int
+    first_row: int = 1
+    done: bool = False
+    rejections: list[Rejection] = field(default_factory=list)
 
 
 def quote_ident(name: str) -> str:
@@ -156,17 +164,34 @@ class PostgresSink:
                 f"CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} ("
                 "job_id text PRIMARY KEY, next_offset bigint NOT NULL, next_row bigint NOT NULL, "
                 "chunk_no integer NOT NULL, processed bigint NOT NULL, success bigint NOT NULL, "
-                "failed bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+                "failed bigint NOT NULL, first_row bigint NOT NULL DEFAULT 1, "
+                "done boolean NOT NULL DEFAULT false, "
+                "rejections jsonb NOT NULL DEFAULT '[]', updated_at timestamptz NOT NULL DEFAULT now())"
             )
 
     async def checkpoint(self, job_id: str) -> Checkpoint | None:
         """The last committed checkpoint of ``job_id``, if any."""
         row = await self.pool.fetchrow(
-            f"SELECT next_offset, next_row, chunk_no, processed, success, failed FROM {CHECKPOINT_TABLE} "
-            "WHERE job_id = $1",
+            "SELECT next_offset, next_row, chunk_no, processed, success, failed, first_row, done, "
+            f"rejections FROM {CHECKPOINT_TABLE} WHERE job_id = $1",
             job_id,
         )
-        return Checkpoint(*row) if row is not None else None
+        if row is None:
+            return None
+        rejections: list[Rejection] = [
+            (int(r[0]), str(r[1]), r[2], str(r[3])) for r in json.loads(row["rejections"] or "[]")
+        ]
+        return Checkpoint(
+            next_offset=row["next_offset"],
+            next_row=row["next_row"],
+            chunk_no=row["chunk_no"],
+            processed=row["processed"],
+            success=row["success"],
+            failed=row["failed"],
+            first_row=row["first_row"],
+            done=row["done"],
+            rejections=rejections,
+        )
 
     async def delete_checkpoint(self, job_id: str) -> None:
         """Forget ``job_id``'s checkpoint (the job has finished)."""
@@ -283,18 +308,18 @@ class PostgresSink:
     def _row_error(self, exc: Exception) -> tuple[str, str | None, str]:
         if isinstance(exc, asyncpg.UniqueViolationError):
             constraint = getattr(exc, "constraint_name", None)
-            field = self._unique_columns.get(constraint or "")
-            if field is None:
+            name = self._unique_columns.get(constraint or "")
+            if name is None:
                 match = _UNIQUE_DETAIL.search(getattr(exc, "detail", None) or "")
                 if match:
-                    field = self._column_fields.get(match.group("columns").split(",")[0].strip())
+                    name = self._column_fields.get(match.group("columns").split(",")[0].strip())
             detail = getattr(exc, "detail", None) or str(exc)
-            return "UNIQUE_VIOLATION", field, f"{field or 'a unique field'}: {detail}"
+            return "UNIQUE_VIOLATION", name, f"{name or 'a unique name'}: {detail}"
         column = getattr(exc, "column_name", None)
-        field = self._column_fields.get(column or "")
-        if isinstance(exc, asyncpg.NotNullViolationError) and field is not None:
-            return "REQUIRED", field, f"{field}: a value is required (the file has no {field} column)"
-        return "CONSTRAINT_VIOLATION", field, f"the database refused the row: {exc}"
+        name = self._column_fields.get(column or "")
+        if isinstance(exc, asyncpg.NotNullViolationError) and name is not None:
+            return "REQUIRED", name, f"{name}: a value is required (the file has no {name} column)"
+        return "CONSTRAINT_VIOLATION", name, f"the database refused the row: {exc}"
 
     async def write_chunk(
         self,
@@ -304,6 +329,7 @@ class PostgresSink:
         checkpoint: Checkpoint,
         *,
         dry_run: bool = False,
+        known_rejections: Sequence[Rejection] = (),
     ) -> list[Rejection]:
         """Apply one chunk and record ``checkpoint`` in the same transaction.
 
@@ -313,6 +339,8 @@ class PostgresSink:
             mode: ``upsert``, ``insert`` or ``update`` (see the module docstring for repeats).
             checkpoint: where the job resumes once this chunk is committed.
             dry_run: find the rejections, then roll everything back (no checkpoint either).
+            known_rejections: rows of the chunk the caller rejected already (conversion errors);
+                stored with the checkpoint together with the sink's own rejections.
 
         Returns:
             The rejected rows as ``(row number, code, field, message)``, ordered by row number.
@@ -324,13 +352,16 @@ class PostgresSink:
             try:
                 rejected.extend(await self._apply(conn, records, mode))
                 if not dry_run:
+                    kept = sorted([*known_rejections, *rejected], key=lambda r: r[0])
                     await conn.execute(
                         f"INSERT INTO {CHECKPOINT_TABLE} AS c (job_id, next_offset, next_row, chunk_no, "
-                        "processed, success, failed, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) "
+                        "processed, success, failed, first_row, done, rejections, updated_at) "
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now()) "
                         "ON CONFLICT (job_id) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
                         "next_row = EXCLUDED.next_row, chunk_no = EXCLUDED.chunk_no, "
                         "processed = EXCLUDED.processed, success = EXCLUDED.success, "
-                        "failed = EXCLUDED.failed, updated_at = EXCLUDED.updated_at",
+                        "failed = EXCLUDED.failed, first_row = EXCLUDED.first_row, done = EXCLUDED.done, "
+                        "rejections = EXCLUDED.rejections, updated_at = EXCLUDED.updated_at",
                         job_id,
                         checkpoint.next_offset,
                         checkpoint.next_row,
@@ -338,6 +369,9 @@ class PostgresSink:
                         checkpoint.processed,
                         checkpoint.success,
                         checkpoint.failed,
+                        checkpoint.first_row,
+                        checkpoint.done,
+                        json.dumps([list(r) for r in kept], ensure_ascii=False),
                     )
             except BaseException:
                 await transaction.rollback()
