@@ -13,8 +13,8 @@ Rows of one chunk are applied as if one by one in file order:
 
 A chunk the set-based statement cannot apply (a unique constraint on a non-key field, a constraint
 or value the table refuses) is re-applied row by row inside savepoints, and only the offending rows
-are rejected: ``UNIQUE_VIOLATION`` or ``CONSTRAINT_VIOLATION`` (other constraints, values out of
-the column's range).
+are rejected: ``UNIQUE_VIOLATION``, ``REQUIRED`` (a new key in a file without a required column)
+or ``CONSTRAINT_VIOLATION`` (other constraints, values out of the column's range).
 """
 
 from __future__ import annotations
@@ -314,7 +314,8 @@ class PostgresSink:
                 if match:
                     name = self._column_fields.get(match.group("columns").split(",")[0].strip())
             detail = getattr(exc, "detail", None) or str(exc)
-            return "UNIQUE_VIOLATION", name, f"{name or 'a unique name'}: {detail}"
+            text = f"{name or 'a unique field'}: value already used by another row ({detail})"
+            return "UNIQUE_VIOLATION", name, text
         column = getattr(exc, "column_name", None)
         name = self._column_fields.get(column or "")
         if isinstance(exc, asyncpg.NotNullViolationError) and name is not None:
