@@ -17,7 +17,7 @@ from litestar import Controller, Request, Response, get, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
-from litestar.params import SkipValidation
+from litestar.params import FromPath, SkipValidation
 from litestar.response import Stream
 
 from common_operations.domain.errors import PayloadTooLarge, ValidationFailed
@@ -81,7 +81,7 @@ class FileController(Controller):
         responses=problem_responses(400, 403, 404, 411, 413),
     )
     async def upload(
-        self, key: Path, files: Files, request: Request[Any, Any, Any]
+        self, key: FromPath[Path], files: Files, request: Request[Any, Any, Any]
     ) -> UploadedFile | Response[ProblemDetails]:
         """Store the request body (streamed, never held in memory) under the URL's key.
 
@@ -126,7 +126,7 @@ class FileController(Controller):
         summary="Download a file from a signed URL",
         responses=problem_responses(400, 403, 404),
     )
-    async def download(self, key: Path, files: Files, request: Request[Any, Any, Any]) -> Stream:
+    async def download(self, key: FromPath[Path], files: Files, request: Request[Any, Any, Any]) -> Stream:
         """Stream the file, named by the URL's download name.
 
         Raises:
