@@ -261,6 +261,11 @@ def _fail(code: str, f: FieldSpec, message: str) -> RowInvalid:
     return RowInvalid(code, f.name, f"{f.name}: {message}")
 
 
+def _reject_constant(text: str) -> Any:
+    # Postgres jsonb has no NaN or Infinity.
+    raise ValueError(f"{text} is not allowed")
+
+
 def _type_parser(f: FieldSpec) -> Parser:
     """A parser of a non-empty value into the field's type, without range/length/pattern rules."""
     t = f.type
@@ -402,8 +407,8 @@ def _type_parser(f: FieldSpec) -> Parser:
 
         return parse_enum
 
-    def reject_constant(text: str) -> Any:
-        raise ValueError(f"{text} is not allowed")
+    # One decoder per field: json.loads with options would build a new decoder for every value.
+    decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 
     def parse_json(v: Any) -> Any:
         # Text (a CSV cell, or a string in JSONL) is JSON to be parsed; other values are the document.
@@ -412,7 +417,7 @@ def _type_parser(f: FieldSpec) -> Parser:
             if "\\u0000" in v or "\x00" in v:
                 raise _fail("INVALID_JSON", f, "JSON contains a NUL character")
             try:
-                v = json.loads(v, parse_constant=reject_constant)
+                v = decode(v)
             except ValueError as exc:
                 raise _fail("INVALID_JSON", f, f"not valid JSON: {exc}") from None
         else:
