@@ -11,12 +11,18 @@ from functools import partial
 from piccolo.engine.postgres import PostgresEngine
 from temporalio.client import Client
 
+from common_operations.activities.bulk import BulkContext
 from common_operations.config import Settings
 from common_operations.db import engine as db_engine
+from common_operations.db.bulk_repository import BulkRepository
 from common_operations.db.repository import TaskRepository
+from common_operations.domain.entities import EntitySpec
 from common_operations.infra import cache, temporal
+from common_operations.infra.entity_config import load_entities
+from common_operations.infra.sinks.chunks import SinkRegistry
 from common_operations.infra.storage import Storage, build_storage
 from common_operations.infra.temporal import TaskWorkflows
+from common_operations.services.bulk import BulkService
 from common_operations.services.reconciler import Reconciler, reconciler_probes
 from common_operations.services.tasks import TaskService
 
@@ -32,10 +38,23 @@ class Runtime:
     workflows: TaskWorkflows
     tasks: TaskService
     storage: Storage
+    entities: dict[str, EntitySpec]
+    bulk_jobs: BulkRepository
+    sinks: SinkRegistry
 
     def reconciler(self) -> Reconciler:
         """A reconciler over this runtime's mirror and workflows."""
         return Reconciler(self.repository, self.workflows, self.settings.operations)
+
+    def bulk_context(self) -> BulkContext:
+        """What the bulk activities of a worker on this runtime work with."""
+        return BulkContext(
+            storage=self.storage,
+            jobs=self.bulk_jobs,
+            entities=self.entities,
+            sinks=self.sinks,
+            chunk_rows=self.settings.bulk.chunk_rows,
+        )
 
 
 @asynccontextmanager
@@ -60,7 +79,9 @@ async def open_runtime(
         settings.database.url, pool_min=settings.database.pool_min, pool_max=settings.database.pool_max
     )
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
+    sinks: SinkRegistry | None = None
     try:
+        entities = load_entities(settings.bulk.entities_dir)
         storage = build_storage(settings)
         # Blocking (a bucket check on S3), so off the event loop.
         await asyncio.to_thread(storage.ensure_ready)
@@ -77,16 +98,24 @@ async def open_runtime(
         probes = reconciler_probes(workflows, ops)
         if redis is not None:
             probes["redis"] = partial(cache.ping, redis)
+        bulk_jobs = BulkRepository(engine.pool)
+        sinks = SinkRegistry(settings.database.url, settings.bulk.databases, bulk_jobs)
+        bulk = BulkService(storage, settings.storage, entities)
         yield Runtime(
             settings=settings,
             engine=engine,
             client=client,
             repository=repository,
             workflows=workflows,
-            tasks=TaskService(repository, workflows, settings.operations, optional_probes=probes),
+            tasks=TaskService(repository, workflows, settings.operations, optional_probes=probes, bulk=bulk),
             storage=storage,
+            entities=entities,
+            bulk_jobs=bulk_jobs,
+            sinks=sinks,
         )
     finally:
+        if sinks is not None:
+            await sinks.close()
         await engine.close_connection_pool()
         if redis is not None:
             await redis.aclose()

@@ -11,6 +11,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from common_operations.activities.bulk import BulkActivities
 from common_operations.activities.mirror import MirrorActivities
 from common_operations.activities.reconcile import ReconcileActivities
 from common_operations.bootstrap import Runtime
@@ -35,11 +36,18 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
     """A worker for the service's task queue (or ``task_queue``), not yet running."""
     mirror = MirrorActivities(runtime.repository)
     reconcile = ReconcileActivities(runtime.reconciler())
+    bulk = BulkActivities(runtime.bulk_context())
     return Worker(
         runtime.client,
         task_queue=task_queue or runtime.settings.temporal.task_queue,
         workflows=[TaskWorkflow, ReconcilerWorkflow],
-        activities=[mirror.mirror_task_state, reconcile.reconcile_tasks],
+        activities=[
+            mirror.mirror_task_state,
+            reconcile.reconcile_tasks,
+            bulk.await_upload,
+            bulk.run_import,
+            bulk.run_export,
+        ],
         workflow_runner=WORKFLOW_RUNNER,
         max_concurrent_activities=200,
         max_concurrent_local_activities=200,

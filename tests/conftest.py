@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -54,12 +55,24 @@ def database_url() -> Iterator[str]:
             conn = await asyncpg.connect(with_database(base, "postgres"))
             try:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await conn.execute(f'DROP DATABASE IF EXISTS "{commerce_database(name)}" WITH (FORCE)')
             finally:
                 await conn.close()
 
         asyncio.run(drop())
     if server is not None:
         server.cleanup()
+
+
+def commerce_database(service_database: str) -> str:
+    """The name of the bulk sinks' database beside a test session's service database."""
+    return f"{service_database}_commerce"
+
+
+@pytest.fixture(scope="session")
+def session_data_dir() -> Path:
+    """Where the session's runtimes keep stored files (local storage) and the URL signing key."""
+    return Path(tempfile.mkdtemp(prefix="co-data-"))
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +142,7 @@ def make_settings(
     delegate_queue: str,
     *,
     search_attributes: bool = True,
+    data_dir: Path | None = None,
     **operations: Any,
 ) -> Settings:
     """Settings for a test: the seed's external types plus fast-timing test types."""
@@ -154,6 +168,17 @@ def make_settings(
             heartbeat_timeout=2,
             retry={"maximum_attempts": 2, "initial_interval": 0.1, "maximum_interval": 0.2},
         ),
+        # Built in: fast retries, and a short heartbeat timeout so a killed worker's job moves on.
+        "import": TaskTypeSettings(
+            kind="import",
+            heartbeat_timeout=5,
+            retry={"maximum_attempts": 5, "initial_interval": 0.2, "maximum_interval": 1},
+        ),
+        "export": TaskTypeSettings(
+            kind="export",
+            heartbeat_timeout=5,
+            retry={"maximum_attempts": 5, "initial_interval": 0.2, "maximum_interval": 1},
+        ),
         # Fails when its worker is silent for 2 s, then is retried by its workflow twice.
         "retrying_check": TaskTypeSettings(
             kind="external",
@@ -176,7 +201,10 @@ def make_settings(
         "progress_interval": 0,
     }
     ops.update(operations)
+    service_database = urlsplit(database_url).path.lstrip("/")
     return Settings(
+        data_dir=data_dir or Path(tempfile.gettempdir()) / f"co-data-{service_database}",
+        bulk={"databases": {"commerce": with_database(database_url, commerce_database(service_database))}},
         database_url=database_url,
         temporal_address=address,
         temporal={"address": address, "task_queue": task_queue, "search_attributes": search_attributes},
@@ -186,11 +214,15 @@ def make_settings(
 
 @pytest.fixture
 def settings(
-    database_url: str, temporal_env: WorkflowEnvironment, task_queue: str, delegate_queue: str
+    database_url: str,
+    temporal_env: WorkflowEnvironment,
+    task_queue: str,
+    delegate_queue: str,
+    session_data_dir: Path,
 ) -> Settings:
     """Settings pointing at the session's servers, with this test's task queues."""
     address = temporal_env.client.service_client.config.target_host
-    return make_settings(database_url, address, task_queue, delegate_queue)
+    return make_settings(database_url, address, task_queue, delegate_queue, data_dir=session_data_dir)
 
 
 @pytest.fixture

@@ -34,14 +34,14 @@ TASK_COLUMNS = (
     "id, task_type, entity_type, status, priority, requested_by, params, file_name, file_size, "
     "input_file_url, output_file_url, total_records, processed_records, success_records, "
     "failed_records, scheduled_at, started_at, completed_at, error_message, retry_count, "
-    "max_retries, created_at, updated_at, seq, run_id, next_retry_at, owner_run_id"
+    "max_retries, created_at, updated_at, seq, run_id, next_retry_at, owner_run_id, files, source_task_id"
 )
 
 _INSERT_TASK = f"""
 WITH t AS (
   INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
-          0, $13, $14, $14, 0, NULL, NULL, NULL, 0)
+          0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, 0)
   RETURNING id
 ), e AS (
   INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
@@ -68,7 +68,7 @@ WITH prev AS (
     total_records = $5, processed_records = $6, success_records = $7, failed_records = $8,
     progress_percentage = $9, started_at = COALESCE($10, started_at), completed_at = $11,
     error_message = $12, output_file_url = COALESCE($13, output_file_url), updated_at = $14,
-    retry_count = $17, next_retry_at = $18
+    retry_count = $17, next_retry_at = $18, files = files || COALESCE($27::jsonb, '{}'::jsonb)
   WHERE id = $1 AND CASE
     WHEN $19::bigint IS NOT NULL THEN seq = $19 AND owner_run_id IS NOT DISTINCT FROM $20
     WHEN $21::bigint IS NOT NULL THEN seq = $21 AND owner_run_id IS DISTINCT FROM $20
@@ -147,7 +147,16 @@ def _task_from_row(row: asyncpg.Record) -> Task:
         run_id=row["run_id"],
         next_retry_at=row["next_retry_at"],
         owner_run_id=row["owner_run_id"],
+        files=_json_object(row["files"]),
+        source_task_id=row["source_task_id"],
     )
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        loaded = json.loads(value)
+        return loaded if isinstance(loaded, dict) else {}
+    return dict(value or {})
 
 
 def event_payload(write: MirrorWrite) -> dict[str, Any]:
@@ -253,6 +262,8 @@ class TaskRepository:
             task.created_at,
             json.dumps({"status": task.status.value, "message": message}),
             message,
+            json.dumps(task.files),
+            task.source_task_id,
         )
 
     async def set_run_id(self, task_id: uuid.UUID, run_id: str) -> None:
@@ -295,6 +306,7 @@ class TaskRepository:
             [line.details for line in lines],
             [line.at for line in lines],
             new_owner,
+            json.dumps(write.files) if write.files else None,
         )
         return row
 

@@ -56,6 +56,10 @@ class Tasks(Table, tablename="tasks"):
     owner_run_id = Varchar(length=64, null=True, default=None)
     # Set while the workflow waits out the backoff of an automatic retry.
     next_retry_at = Timestamptz(null=True, default=None)
+    # Stored objects of a bulk task by role (input, output, result), with their manifest.
+    files = JSONB(default={})
+    # The import whose failed rows this task imports again.
+    source_task_id = UUID(null=True, default=None)
 
 
 class TaskLogs(Table, tablename="task_logs"):

@@ -129,3 +129,9 @@ class PayloadTooLarge(DomainError):
 
     code = "PAYLOAD_TOO_LARGE"
     kind = ErrorKind.TOO_LARGE
+
+
+class UnknownEntityType(ValidationFailed):
+    """A bulk task names an entity type that is not declared in ``configs/entities``."""
+
+    code = "UNKNOWN_ENTITY_TYPE"

@@ -92,6 +92,21 @@ class Task:
     next_retry_at: datetime | None = None
     # Fence token of the workflow run chain that owns the task's state (see db.repository).
     owner_run_id: str | None = None
+    # Stored objects of a bulk task by role ("input", "output", "result"): key, name, size,
+    # content type, and the output's manifest.
+    files: dict[str, Any] = field(default_factory=dict)
+    # The import whose failed rows this task imports again.
+    source_task_id: uuid.UUID | None = None
+    # Only on the answer to CreateTask: where (and until when) the input file may be uploaded.
+    upload_url: str | None = None
+    upload_url_expires_at: datetime | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any] | None:
+        """Row count, byte size and SHA-256 of the stored output, once there is one."""
+        output = self.files.get("output")
+        manifest = output.get("manifest") if isinstance(output, dict) else None
+        return manifest if isinstance(manifest, dict) else None
 
     @property
     def progress_percentage(self) -> float:
@@ -139,6 +154,7 @@ class CreateTask:
     file_size: int | None = None
     scheduled_at: datetime | None = None
     max_retries: int | None = None  # None: the service's configured default
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

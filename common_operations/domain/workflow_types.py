@@ -14,6 +14,13 @@ from typing import Any
 WORKFLOW_TYPE = "TaskWorkflow"
 RECONCILER_WORKFLOW_TYPE = "TaskReconciler"
 MIRROR_ACTIVITY = "mirror_task_state"
+AWAIT_UPLOAD_ACTIVITY = "await_task_upload"
+IMPORT_ACTIVITY = "run_import"
+EXPORT_ACTIVITY = "run_export"
+# ApplicationError types of bulk jobs that no retry can fix (bad file, bad header, too many errors).
+BULK_INPUT_ERROR = "BULK_INPUT_INVALID"
+BULK_TOO_MANY_ERRORS = "BULK_TOO_MANY_ERRORS"
+UPLOAD_MISSING_ERROR = "UPLOAD_MISSING"
 RECONCILE_ACTIVITY = "reconcile_tasks"
 PROGRESS_QUERY = "progress"
 RECONCILER_STATUS_QUERY = "status"
@@ -53,6 +60,14 @@ class HandlerKind(StrEnum):
 
     EXTERNAL = "external"
     DELEGATED = "delegated"
+    # Built in: this service's bulk activities move the data (files <-> entity sinks).
+    IMPORT = "import"
+    EXPORT = "export"
+
+    @property
+    def is_bulk(self) -> bool:
+        """Whether this service's own bulk activities do the work."""
+        return self in (HandlerKind.IMPORT, HandlerKind.EXPORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +148,10 @@ class TaskState:
     completed_at: datetime | None = None
     error_message: str | None = None
     output_file_url: str | None = None
+    # Stored files of a bulk task by role ("output", "result"): key, name, content type, manifest.
+    files: dict[str, Any] = field(default_factory=dict)
+    # The input file has been seen complete in storage (a bulk task waits for it before it starts).
+    input_ready: bool = False
     # Fence token of the run chain that owns the task; None until this attempt's first run sets it.
     owner: str | None = None
     # Whether the owner has taken the task row over (its first write compares-and-sets ``seq``).
@@ -170,6 +189,10 @@ class TaskWorkflowInput:
     limits: RunLimits = field(default_factory=RunLimits)
     # The event the run's first write records: task.retried for a retry, else by what happens.
     retry_message: str | None = None
+    # A bulk task's input file in storage ({"key", "name", "size", "contentType"}), if it has one,
+    # and until when it may be uploaded.
+    input_file: dict[str, Any] | None = None
+    upload_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +226,8 @@ class MirrorWrite:
     retry_count: int = 0
     next_retry_at: datetime | None = None
     at: datetime | None = None
+    # Stored files by role, merged into the row's ``files`` (None: unchanged).
+    files: dict[str, Any] | None = None
     # The log lines to write, in order; empty means one line: ``message`` at ``level``.
     logs: list[LogLine] = field(default_factory=list)
 
@@ -300,3 +325,46 @@ class ReconcilerState:
     passes: int = 0
     last: ReconcilePassResult | None = None
     last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitUploadInput:
+    """Wait for a task's input file to be completely uploaded."""
+
+    task_id: str
+    key: str
+    expires_at: datetime
+    max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BulkJobInput:
+    """What a built-in import or export activity needs; the data itself stays in storage and Postgres.
+
+    ``owner`` and ``seq`` fence the activity's own progress writes: they apply only while the row
+    is still at that sequence (no transition of the workflow came after), so a cancelled or
+    superseded job can never overwrite the task's state.
+    """
+
+    task_id: str
+    entity_type: str
+    attempt: int
+    owner: str
+    seq: int
+    params: dict[str, Any] = field(default_factory=dict)
+    input_file: dict[str, Any] | None = None
+    progress_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class BulkJobResult:
+    """Counts of a finished (or stopped) bulk job and the files it stored."""
+
+    total_records: int = 0
+    processed_records: int = 0
+    success_records: int = 0
+    failed_records: int = 0
+    files: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    # The job stopped because its cancellation was requested: the counts say what stays written.
+    stopped: bool = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from temporalio.client import WorkflowExecutionStatus
 
@@ -76,7 +77,20 @@ def workflow_input(
         params=task.params,
         limits=settings.run_limits(),
         retry_message=retry_message,
+        input_file=_input_file(task),
+        upload_expires_at=_upload_expires_at(task),
     )
+
+
+def _input_file(task: Task) -> dict[str, Any] | None:
+    ref = task.files.get("input")
+    return dict(ref) if isinstance(ref, dict) and ref.get("key") else None
+
+
+def _upload_expires_at(task: Task) -> datetime | None:
+    ref = _input_file(task)
+    when = ref.get("uploadExpiresAt") if ref else None
+    return datetime.fromisoformat(when) if isinstance(when, str) else None
 
 
 def with_snapshot(task: Task, snapshot: ProgressSnapshot) -> Task:

@@ -49,7 +49,9 @@ from common_operations.domain.task import (
     validate_query,
     validate_report_shape,
 )
+from common_operations.domain.workflow_types import HandlerKind
 from common_operations.infra.temporal import TaskWorkflows
+from common_operations.services.bulk import BulkService, PreparedFiles
 from common_operations.services.runs import TaskRuns, now, with_snapshot, workflow_input
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class TaskService:
         settings: OperationsSettings,
         *,
         optional_probes: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
+        bulk: BulkService | None = None,
     ) -> None:
         """Wire the service to its repository, Temporal gateway and settings.
 
@@ -99,12 +102,14 @@ class TaskService:
             settings: task execution rules.
             optional_probes: health checks of optional parts (e.g. ``{"redis": ping}``); a probe
                 that raises makes the report degraded, with the exception's text.
+            bulk: files and options of built-in import/export tasks (None: such tasks are refused).
         """
         self.repository = repository
         self.workflows = workflows
         self.settings = settings
         self.runs = TaskRuns(repository, workflows, settings)
         self.optional_probes = dict(optional_probes or {})
+        self.bulk = bulk
 
     async def _get(self, task_id: uuid.UUID) -> Task:
         task = await self.repository.get(task_id)
@@ -124,11 +129,18 @@ class TaskService:
         cmd = validate_create(
             replace(cmd, requested_by=cmd.requested_by or principal.subject, max_retries=max_retries)
         )
-        self.settings.handler_for(cmd.task_type)
+        handler = self.settings.handler_for(cmd.task_type)
+        task_id = uuid.uuid4()
+        prepared, source_task_id = PreparedFiles(files={}), None
+        if handler.kind.is_bulk:
+            if self.bulk is None:
+                raise ServiceUnavailable("built-in import and export are not available in this process")
+            prepared = self.bulk.prepare(handler.kind, task_id, cmd)
+            source_task_id = _source_task_id(cmd.params)
         created = now()
         scheduled = cmd.scheduled_at is not None and cmd.scheduled_at > created
         task = Task(
-            id=uuid.uuid4(),
+            id=task_id,
             task_type=cmd.task_type,
             entity_type=cmd.entity_type,
             status=TaskStatus.SCHEDULED if scheduled else TaskStatus.PENDING,
@@ -141,6 +153,8 @@ class TaskService:
             max_retries=max_retries,
             created_at=created,
             updated_at=created,
+            files=prepared.files,
+            source_task_id=source_task_id,
         )
         when = f" scheduled for {cmd.scheduled_at.isoformat()}" if scheduled and cmd.scheduled_at else ""
         await self.repository.insert_task(task, f"task created by {principal.subject}{when}")
@@ -154,7 +168,60 @@ class TaskService:
             run_id = None
         # The row is not read back: it is the one just written, and its run id reaches the row
         # with the run's first mirror write (or the reconciler's adoption of a quiet run).
-        return replace(task, run_id=run_id)
+        upload = prepared.upload
+        return replace(
+            task,
+            run_id=run_id,
+            upload_url=upload.url if upload else None,
+            upload_url_expires_at=upload.expires_at if upload else None,
+        )
+
+    async def retry_failed_rows(
+        self,
+        principal: Principal,
+        task_id: uuid.UUID,
+        *,
+        file_name: str | None = None,
+        file_size: int | None = None,
+    ) -> Task:
+        """A new import of only the rows a finished import rejected, linked to it (``sourceTaskId``).
+
+        Without ``file_name`` the new task takes the rejected rows from the source's input as they
+        were; with it, the caller uploads the corrected rows to the returned URL. The source keeps
+        its counts; the new task counts its own.
+
+        Raises:
+            TaskNotFound: no such task.
+            InvalidTransition: the task is not a finished import, or has no failed rows.
+        """
+        source = await self._get(task_id)
+        if self.settings.handler_for(source.task_type).kind is not HandlerKind.IMPORT:
+            raise InvalidTransition(f"task {task_id} is not an import", task_type=source.task_type)
+        if source.status not in (TaskStatus.COMPLETED, TaskStatus.FAILED) or source.next_retry_at is not None:
+            raise InvalidTransition(
+                f"task {task_id} has not finished (status {source.status.value})", current=source.status.value
+            )
+        if source.counts.failed == 0 or "result" not in source.files:
+            raise InvalidTransition(
+                f"task {task_id} has no failed rows to retry", failed_records=source.counts.failed
+            )
+        params = {k: v for k, v in source.params.items() if k != "sourceTaskId"}
+        params["sourceTaskId"] = str(source.id)
+        if file_name is None:
+            params.setdefault("format", (source.files.get("input") or {}).get("format") or "csv")
+        return await self.create_task(
+            principal,
+            CreateTask(
+                task_type=source.task_type,
+                entity_type=source.entity_type,
+                requested_by=source.requested_by,
+                priority=source.priority,
+                params=params,
+                file_name=file_name,
+                file_size=file_size,
+                max_retries=source.max_retries,
+            ),
+        )
 
     async def get_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
         """One task.
@@ -267,6 +334,12 @@ class TaskService:
             current = await self._get(task_id)
             ensure_deletable(current.status, retry_pending=current.next_retry_at is not None)
             raise InvalidTransition("the task changed while it was being deleted; read it again")
+        if self.bulk is not None and task.files:
+            try:
+                await self.bulk.delete_files(task_id)
+            except Exception:
+                # The row is gone already; stray objects are found by prefix and are harmless.
+                log.exception("task %s deleted, but not all of its stored files", task_id)
 
     async def task_logs(self, principal: Principal, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
         """A page of the task's log lines, oldest first."""
@@ -282,14 +355,27 @@ class TaskService:
         await self._get(task_id)
         return await self.repository.events(task_id, page)
 
-    async def download_url(self, principal: Principal, task_id: uuid.UUID) -> DownloadUrl:
-        """Where the task's output file can be fetched.
+    async def download_url(
+        self, principal: Principal, task_id: uuid.UUID, file: str = "output"
+    ) -> DownloadUrl:
+        """Where the task's output (or ``file``: its row-level ``result``, its ``input``) can be fetched.
+
+        For files this service stored, a signed URL that expires.
 
         Raises:
             TaskNotFound: no such task.
-            NotAvailable: the task has no output file (yet).
+            NotAvailable: the task has no such file (yet).
+            ValidationFailed: ``file`` is not output, result or input.
         """
         task = await self._get(task_id)
+        if self.bulk is not None and (file != "output" or task.files.get("output")):
+            signed = self.bulk.download(task, file)
+            ref = task.files.get(file) or {}
+            return DownloadUrl(url=signed.url, file_name=ref.get("name"), expires_at=signed.expires_at)
+        if file != "output":
+            raise ValidationFailed(
+                f"task {task_id} stores no files; only its output can be asked for", field="file"
+            )
         if not task.output_file_url:
             raise NotAvailable(
                 f"task {task_id} has no output file (status {task.status.value})", id=str(task_id)
@@ -307,6 +393,18 @@ class TaskService:
             components=components,
             degraded=any(components[name] != "up" for name in self.optional_probes),
         )
+
+
+def _source_task_id(params: Mapping[str, object]) -> uuid.UUID | None:
+    value = params.get("sourceTaskId")
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ValidationFailed(
+            "params.sourceTaskId must be a task id (UUID)", field="params.sourceTaskId"
+        ) from None
 
 
 class ProbeFailed(Exception):

@@ -70,6 +70,7 @@ def create_command(body: CreateTaskRequest) -> CreateTask:
         file_size=body.file_size,
         scheduled_at=body.scheduled_at,
         max_retries=body.max_retries,  # None: the service's configured default
+        content_type=body.content_type,
     )
 
 
@@ -117,6 +118,9 @@ def task_out(task: Task) -> TaskOut:
         created_at=task.created_at,
         updated_at=task.updated_at,
         next_retry_at=task.next_retry_at,
+        manifest=task.manifest,
+        source_task_id=task.source_task_id,
+        files_available=[k for k in ("output", "result", "input") if isinstance(task.files.get(k), dict)],
     )
 
 
@@ -126,8 +130,10 @@ def task_response(task: Task) -> TaskResponse:
 
 
 def created_response(task: Task) -> CreateTaskResponse:
-    """The created task; no upload URL until the file-storage feature issues them."""
-    return CreateTaskResponse(task=task_out(task), upload_url=None, upload_url_expires_at=None)
+    """The created task and, for a task that stores its input, where to upload it."""
+    return CreateTaskResponse(
+        task=task_out(task), upload_url=task.upload_url, upload_url_expires_at=task.upload_url_expires_at
+    )
 
 
 def cancelled_response(task: Task) -> CancelTaskResponse:

@@ -50,6 +50,7 @@ class CreateTaskRequest(Schema):
     file_size: Int64 | None = None
     scheduled_at: datetime | None = None
     max_retries: Int32 | None = None
+    content_type: str | None = None
 
 
 class UpdateProgressRequest(Schema):
@@ -122,6 +123,12 @@ class TaskOut(Schema):
     created_at: datetime | None
     updated_at: datetime | None
     next_retry_at: datetime | None
+    # Built-in export: row count, byte size and SHA-256 of the stored output (null otherwise).
+    manifest: dict[str, Any] | None = None
+    # Import of the failed rows of another import: that import's id.
+    source_task_id: uuid.UUID | None = None
+    # Which stored files GetDownloadUrl can serve for the task (``file=``): output, result, input.
+    files_available: list[str] = []
 
 
 class TaskResponse(Schema):
@@ -133,8 +140,9 @@ class TaskResponse(Schema):
 class CreateTaskResponse(Schema):
     """The created task and where to upload its input file.
 
-    ``uploadUrl`` and ``uploadUrlExpiresAt`` are set by the file-storage feature, which does not exist
-    yet: ``null`` until then.
+    ``uploadUrl`` (an HTTP PUT of the file's bytes) and ``uploadUrlExpiresAt`` are set for a task
+    created with a ``fileName`` that stores its input (built-in import); ``null`` otherwise. The task
+    starts once the upload is complete, and fails if it is not there when the URL expires.
     """
 
     task: TaskOut
@@ -216,6 +224,17 @@ class TaskEventsResponse(Schema):
     total: int
     page: int
     page_size: int
+
+
+class RetryFailedRowsRequest(Schema):
+    """Body of ``POST …/tasks/{id}/retry-failed-rows`` (optional).
+
+    Without ``fileName`` the new import takes the failed rows from the source's input as they were;
+    with it, upload the corrected rows to the returned ``uploadUrl``.
+    """
+
+    file_name: str | None = None
+    file_size: Int64 | None = None
 
 
 class DownloadUrlResponse(Schema):

@@ -42,6 +42,11 @@ with workflow.unsafe.imports_passed_through():
     from common_operations.domain.status import TaskStatus, ensure_accepts_reports, ensure_transition
     from common_operations.domain.task import ProgressReport, RecordCounts, apply_report
     from common_operations.domain.workflow_types import (
+        AWAIT_UPLOAD_ACTIVITY,
+        BULK_INPUT_ERROR,
+        BULK_TOO_MANY_ERRORS,
+        EXPORT_ACTIVITY,
+        IMPORT_ACTIVITY,
         MIRROR_ACTIVITY,
         PROGRESS_QUERY,
         REPORT_PROGRESS_UPDATE,
@@ -54,6 +59,9 @@ with workflow.unsafe.imports_passed_through():
         SUPERSEDED_ERROR,
         TASK_FAILED_ERROR,
         WORKFLOW_TYPE,
+        AwaitUploadInput,
+        BulkJobInput,
+        BulkJobResult,
         DelegatedTaskInput,
         DelegatedTaskResult,
         HandlerKind,
@@ -139,6 +147,8 @@ class TaskWorkflow:
         self._fenced: str | None = None
         self._sa_status = self._status
         self._sa_progress = int(self._counts.percentage)
+        # What a stopped bulk job said it left behind (recorded with the cancellation).
+        self._stop_note = ""
 
     @workflow.run
     async def run(self, inp: TaskWorkflowInput) -> ProgressSnapshot:
@@ -171,6 +181,8 @@ class TaskWorkflow:
                 self._start_attempt_clock()
             if self._inp.handler.kind is HandlerKind.DELEGATED:
                 await self._run_delegated()
+            elif self._inp.handler.kind.is_bulk:
+                await self._run_bulk()
             else:
                 await self._await_external()
             if self._status is not TaskStatus.FAILED or self._s.next_retry_at is None or self._fenced:
@@ -276,6 +288,11 @@ class TaskWorkflow:
         if self._fenced:
             raise InvalidTransition("this run no longer owns the task")
         ensure_accepts_reports(self._status)
+        if self._inp.handler.kind.is_bulk:
+            raise InvalidTransition(
+                f"a built-in {self._inp.handler.kind.value} task reports its own progress; "
+                "UpdateTaskProgress is not accepted for it"
+            )
         if self._inp.handler.kind is HandlerKind.DELEGATED:
             if self._status is not TaskStatus.PROCESSING:
                 raise InvalidTransition("the delegated activity has not started yet")
@@ -428,6 +445,127 @@ class TaskWorkflow:
                 TaskStatus.COMPLETED, "task.completed", (result and result.message) or "activity completed"
             )
 
+    async def _run_bulk(self) -> None:
+        """Wait for the input file (imports), then let this service's bulk activity do the job.
+
+        The activity mirrors its own progress, fenced by this run's owner token and the sequence of
+        the ``processing`` write; every transition after it (completed, failed, cancelled) is
+        written here with the counts the activity returned.
+        """
+        kind = self._inp.handler.kind
+        if self._inp.input_file is not None and not self._s.input_ready and not await self._await_upload():
+            return
+        what = f"{kind.value} of {self._inp.entity_type}"
+        name = (self._inp.input_file or {}).get("name")
+        async with self._lock:
+            await self._transition(
+                TaskStatus.PROCESSING, "task.started", f"{what} started" + (f": {name}" if name else "")
+            )
+        spec = self._inp.handler
+        deadline = self._s.attempt_deadline or workflow.now()
+        timeout = max(timedelta(seconds=1), deadline - workflow.now())
+        handle = workflow.start_activity(
+            IMPORT_ACTIVITY if kind is HandlerKind.IMPORT else EXPORT_ACTIVITY,
+            BulkJobInput(
+                task_id=self._inp.task_id,
+                entity_type=self._inp.entity_type,
+                attempt=self._s.retry_count,
+                owner=self._owner,
+                seq=self._s.seq,
+                params=self._inp.params,
+                input_file=self._inp.input_file,
+                progress_interval_seconds=self._inp.limits.progress_interval_seconds,
+            ),
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
+                backoff_coefficient=spec.retry.backoff_coefficient,
+                maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
+                maximum_attempts=spec.retry.maximum_attempts,
+                non_retryable_error_types=[BULK_INPUT_ERROR, BULK_TOO_MANY_ERRORS],
+            ),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            result_type=BulkJobResult,
+        )
+        try:
+            result = await handle
+        except asyncio.CancelledError:
+            if not handle.done():
+                handle.cancel()
+            # The job stops after the chunk it is writing and says what it committed.
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                stopped = await handle
+                self._apply_bulk(stopped)
+                self._stop_note = stopped.message
+            raise
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            self._apply_failed_bulk(err)
+            await self._fail_locked(f"{what} failed: {_describe_failure(err)}")
+            return
+        async with self._lock:
+            if self._status.is_closed:
+                return
+            self._apply_bulk(result)
+            await self._transition(
+                TaskStatus.COMPLETED, "task.completed", result.message or f"{what} completed"
+            )
+
+    async def _await_upload(self) -> bool:
+        """Wait for the input file; False (and the task failed) if it never came."""
+        assert self._inp.input_file is not None and self._inp.upload_expires_at is not None
+        expires = self._inp.upload_expires_at
+        try:
+            size = await workflow.execute_activity(
+                AWAIT_UPLOAD_ACTIVITY,
+                AwaitUploadInput(
+                    task_id=self._inp.task_id,
+                    key=str(self._inp.input_file["key"]),
+                    expires_at=expires,
+                    max_size=int(self._inp.input_file.get("maxSize") or 0) or (1 << 62),
+                ),
+                start_to_close_timeout=max(
+                    timedelta(seconds=5), expires - workflow.now() + timedelta(seconds=30)
+                ),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                result_type=int,
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            await self._fail_locked(_describe_failure(err))
+            return False
+        self._s.input_ready = True
+        self._s.files = {**self._s.files, "input": {**self._inp.input_file, "size": size}}
+        return True
+
+    def _apply_bulk(self, result: BulkJobResult) -> None:
+        self._counts = RecordCounts(
+            total=result.total_records,
+            processed=result.processed_records,
+            success=result.success_records,
+            failed=result.failed_records,
+        )
+        if result.files:
+            self._s.files = {**self._s.files, **result.files}
+
+    def _apply_failed_bulk(self, err: ActivityError) -> None:
+        """Keep what a failed job reported: its counts and its result file, when it made one."""
+        cause = err.cause
+        details = cause.details if isinstance(cause, ApplicationError) else ()
+        info = details[0] if details and isinstance(details[0], dict) else {}
+        counts = info.get("counts")
+        if isinstance(counts, list) and len(counts) == 4 and all(isinstance(n, int) for n in counts):
+            self._counts = RecordCounts(
+                total=counts[0], processed=counts[1], success=counts[2], failed=counts[3]
+            )
+        files = info.get("files")
+        if isinstance(files, dict):
+            self._s.files = {**self._s.files, **files}
+
     def _apply_result(self, result: DelegatedTaskResult | None) -> None:
         if result is None:
             return
@@ -508,17 +646,16 @@ class TaskWorkflow:
                 return False
             reason = workflow.cancellation_reason()
             self._s.next_retry_at = None
-            await self._transition(
-                TaskStatus.CANCELLED,
-                "task.cancelled",
-                f"task cancelled: {reason}; cleanup done" if reason else "task cancelled; cleanup done",
-            )
+            message = f"task cancelled: {reason}; cleanup done" if reason else "task cancelled; cleanup done"
+            if self._stop_note:
+                message = f"{message}; {self._stop_note}"
+            await self._transition(TaskStatus.CANCELLED, "task.cancelled", message)
         return True
 
     # -- continue-as-new -------------------------------------------------------------------
 
     def _should_continue_as_new(self) -> bool:
-        if self._inp.handler.kind is HandlerKind.DELEGATED or self._status.is_closed:
+        if self._inp.handler.kind is not HandlerKind.EXTERNAL or self._status.is_closed:
             return False
         return (
             self._reports_this_run >= self._inp.limits.max_reports_per_run
@@ -620,6 +757,7 @@ class TaskWorkflow:
                 completed_at=self._s.completed_at,
                 error_message=self._s.error_message,
                 output_file_url=self._s.output_file_url,
+                files=self._s.files or None,
                 retry_count=self._s.retry_count,
                 next_retry_at=self._s.next_retry_at,
                 at=now,

@@ -35,6 +35,7 @@ from common_operations.web.schemas import (
     DeleteTaskResponse,
     DownloadUrlResponse,
     HealthResponse,
+    RetryFailedRowsRequest,
     RetryTaskRequest,
     TaskEventsResponse,
     TaskListResponse,
@@ -217,9 +218,36 @@ class TaskController(Controller):
         self,
         taskId: FromPath[str],  # noqa: N803 - the seed's path parameter name
         call: Call,
+        file: Annotated[
+            str,
+            QueryParameter(
+                description="which file: output (default), result (an import's row results) or input"
+            ),
+        ] = "output",
     ) -> DownloadUrlResponse:
-        """409 ``NOT_AVAILABLE`` while the task has no output file; ``expiresAt`` null: no expiry."""
-        return mapping.download_response(await call.tasks.download_url(call.principal, parse_task_id(taskId)))
+        """409 ``NOT_AVAILABLE`` while the task has no such file; ``expiresAt`` null: no expiry."""
+        task_id = parse_task_id(taskId)
+        return mapping.download_response(await call.tasks.download_url(call.principal, task_id, file))
+
+    @post(
+        TASK + "/retry-failed-rows",
+        operation_id="RetryFailedRows",
+        summary="Import again only the rows a finished import rejected (a new task)",
+        status_code=201,
+        operation_class=OptionalBodyOperation,
+        responses=problem_responses(400, 404, 409, 413, 503),
+    )
+    async def retry_failed_rows(
+        self, id: FromPath[str], call: Call, data: JSONBody[RetryFailedRowsRequest | None] = None
+    ) -> CreateTaskResponse:
+        """The new task (``sourceTaskId`` names this one); with ``fileName``, its ``uploadUrl``."""
+        task = await call.tasks.retry_failed_rows(
+            call.principal,
+            parse_task_id(id),
+            file_name=data.file_name if data else None,
+            file_size=data.file_size if data else None,
+        )
+        return mapping.created_response(task)
 
     @get(
         TASK_OF + "/logs",

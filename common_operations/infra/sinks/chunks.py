@@ -1,0 +1,295 @@
+"""One face for every entity sink as the bulk activities use it: chunks with checkpoints, row sources.
+
+A chunk's rows, its checkpoint and the rejections of its rows are committed together: in the sink's
+own transaction for a ``postgres`` sink, in the service database after the sink answered for an
+``http`` sink (whose writes carry an idempotency key per chunk, so a chunk sent again after a crash
+is recognised by the owning service). The rejections kept with the checkpoint repair the service
+database's row results if a crash came between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+import httpx
+
+from common_operations.db.bulk_repository import BulkRepository, JobCheckpoint, RowRejection
+from common_operations.domain.entities import EntitySpec, FieldSpec, Filter, ImportMode
+from common_operations.infra.sinks.http import CircuitBreaker, HttpSink, HttpSource
+from common_operations.infra.sinks.postgres import (
+    Checkpoint,
+    PostgresSink,
+    database_url_for,
+    ensure_database,
+)
+
+
+@dataclass(slots=True)
+class ChunkCheckpoint:
+    """Where a job resumes, and the rejections of the chunk committed last."""
+
+    next_offset: int
+    next_row: int
+    chunk_no: int
+    processed: int
+    first_row: int = 1
+    done: bool = False
+    rejections: list[RowRejection] = field(default_factory=list)
+
+
+class ChunkSink(Protocol):
+    """Where an import's chunks go."""
+
+    async def checkpoint(self, job_id: str) -> ChunkCheckpoint | None:
+        """The job's last committed chunk, if any."""
+        ...
+
+    async def write_chunk(
+        self,
+        job_id: str,
+        chunk_no: int,
+        first_row: int,
+        last_row: int,
+        end_offset: int,
+        rows: Sequence[tuple[int, tuple[Any, ...]]],
+        rejected: Sequence[RowRejection],
+        mode: ImportMode,
+        processed: int,
+        *,
+        done: bool,
+        dry_run: bool,
+    ) -> list[RowRejection]:
+        """Apply ``rows`` and commit the checkpoint after ``last_row``; the rows the sink refused."""
+        ...
+
+
+class RowSource(Protocol):
+    """Where an export's rows come from."""
+
+    fields: Sequence[FieldSpec]
+
+    async def count(self, filters: Sequence[Filter]) -> int:
+        """How many rows the filters select (0 when unknown)."""
+        ...
+
+    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The selected rows, in batches of ``fields`` tuples."""
+        ...
+
+
+def _as_tuples(rejections: Sequence[RowRejection]) -> list[tuple[int, str, str | None, str]]:
+    return [(r.row_no, r.code, r.field, r.message) for r in rejections]
+
+
+def _from_tuples(rows: Sequence[Sequence[Any]]) -> list[RowRejection]:
+    return [RowRejection(int(r[0]), str(r[1]), r[2], str(r[3])) for r in rows]
+
+
+class _PostgresChunks:
+    def __init__(self, sink: PostgresSink) -> None:
+        self.sink = sink
+
+    async def checkpoint(self, job_id: str) -> ChunkCheckpoint | None:
+        cp = await self.sink.checkpoint(job_id)
+        if cp is None:
+            return None
+        return ChunkCheckpoint(
+            next_offset=cp.next_offset,
+            next_row=cp.next_row,
+            chunk_no=cp.chunk_no,
+            processed=cp.processed,
+            first_row=cp.first_row,
+            done=cp.done,
+            rejections=_from_tuples(cp.rejections),
+        )
+
+    async def write_chunk(
+        self,
+        job_id: str,
+        chunk_no: int,
+        first_row: int,
+        last_row: int,
+        end_offset: int,
+        rows: Sequence[tuple[int, tuple[Any, ...]]],
+        rejected: Sequence[RowRejection],
+        mode: ImportMode,
+        processed: int,
+        *,
+        done: bool,
+        dry_run: bool,
+    ) -> list[RowRejection]:
+        checkpoint = Checkpoint(
+            next_offset=end_offset,
+            next_row=last_row + 1,
+            chunk_no=chunk_no,
+            processed=processed,
+            success=0,
+            failed=0,
+            first_row=first_row,
+            done=done,
+        )
+        refused = await self.sink.write_chunk(
+            job_id, rows, mode, checkpoint, dry_run=dry_run, known_rejections=_as_tuples(rejected)
+        )
+        return _from_tuples(refused)
+
+
+class _HttpChunks:
+    def __init__(self, sink: HttpSink, jobs: BulkRepository) -> None:
+        self.sink = sink
+        self.jobs = jobs
+
+    async def checkpoint(self, job_id: str) -> ChunkCheckpoint | None:
+        cp = await self.jobs.checkpoint(job_id)
+        if cp is None:
+            return None
+        return ChunkCheckpoint(
+            next_offset=cp.next_offset,
+            next_row=cp.next_row,
+            chunk_no=cp.chunk_no,
+            processed=cp.processed,
+            first_row=cp.first_row,
+            done=cp.done,
+            rejections=list(cp.rejections),
+        )
+
+    async def write_chunk(
+        self,
+        job_id: str,
+        chunk_no: int,
+        first_row: int,
+        last_row: int,
+        end_offset: int,
+        rows: Sequence[tuple[int, tuple[Any, ...]]],
+        rejected: Sequence[RowRejection],
+        mode: ImportMode,
+        processed: int,
+        *,
+        done: bool,
+        dry_run: bool,
+    ) -> list[RowRejection]:
+        refused = (
+            _from_tuples(await self.sink.write_chunk(job_id, chunk_no, rows, mode, dry_run)) if rows else []
+        )
+        if not dry_run:
+            await self.jobs.save_checkpoint(
+                job_id,
+                JobCheckpoint(
+                    next_offset=end_offset,
+                    next_row=last_row + 1,
+                    chunk_no=chunk_no,
+                    processed=processed,
+                    first_row=first_row,
+                    done=done,
+                    rejections=sorted([*rejected, *refused], key=lambda r: r.row_no),
+                ),
+            )
+        return refused
+
+
+class _PostgresRows:
+    def __init__(self, sink: PostgresSink) -> None:
+        self.sink = sink
+        self.fields: Sequence[FieldSpec] = sink.export_fields
+
+    async def count(self, filters: Sequence[Filter]) -> int:
+        return await self.sink.count(filters)
+
+    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+        return self.sink.stream(filters, batch_rows=batch_rows)
+
+
+class _HttpRows:
+    def __init__(self, source: HttpSource, fields: Sequence[FieldSpec]) -> None:
+        self.source = source
+        self.fields = fields
+
+    async def count(self, filters: Sequence[Filter]) -> int:
+        return 0  # a paginated endpoint gives no total: progress counts rows only
+
+    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+        return self.source.stream(filters, batch_rows=batch_rows)
+
+
+class SinkRegistry:
+    """Connections to the sinks the declared entities name, opened on first use."""
+
+    def __init__(self, service_url: str, databases: Mapping[str, str | None], jobs: BulkRepository) -> None:
+        """Open pools for ``databases`` (by name; an empty URL is the service's own server)."""
+        self._service_url = service_url
+        self._databases = databases
+        self._jobs = jobs
+        self._pools: dict[str, asyncpg.Pool] = {}
+        self._lock = asyncio.Lock()
+        self._http: httpx.AsyncClient | None = None
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    async def pool(self, database: str) -> asyncpg.Pool:
+        """The pool of sink database ``database`` (created, with the database, on first use)."""
+        async with self._lock:
+            pool = self._pools.get(database)
+            if pool is None:
+                url = database_url_for(self._databases, database, self._service_url)
+                await ensure_database(url)
+                pool = await asyncpg.create_pool(url, min_size=1, max_size=8)
+                self._pools[database] = pool
+            return pool
+
+    async def ensure_tables(self, entities: Mapping[str, EntitySpec]) -> None:
+        """Create the databases and tables of every ``postgres`` entity (idempotent)."""
+        for entity in entities.values():
+            if entity.sink.kind == "postgres" and entity.sink.database:
+                await PostgresSink(await self.pool(entity.sink.database), entity).ensure_table()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        return self._http
+
+    def _breaker(self, entity: EntitySpec) -> CircuitBreaker:
+        return self._breakers.setdefault(entity.name, CircuitBreaker())
+
+    async def chunk_sink(self, entity: EntitySpec, fields: Sequence[FieldSpec]) -> ChunkSink:
+        """Where ``entity``'s imported rows (with ``fields``) go.
+
+        Raises:
+            ValueError: the entity's sink cannot take imports (e.g. ``temporal``, not built yet).
+        """
+        kind = entity.sink.kind
+        if kind == "postgres" and entity.sink.database:
+            sink = PostgresSink(await self.pool(entity.sink.database), entity, fields)
+            await sink.ensure_table()
+            return _PostgresChunks(sink)
+        if kind == "http":
+            return _HttpChunks(
+                HttpSink(entity, self._client(), breaker=self._breaker(entity), fields=fields), self._jobs
+            )
+        raise ValueError(f"entity {entity.name!r}: imports into a {kind!r} sink are not supported")
+
+    async def row_source(self, entity: EntitySpec) -> RowSource:
+        """Where ``entity``'s exported rows come from.
+
+        Raises:
+            ValueError: the entity's sink cannot serve exports.
+        """
+        kind = entity.sink.kind
+        if kind == "postgres" and entity.sink.database:
+            sink = PostgresSink(await self.pool(entity.sink.database), entity)
+            await sink.ensure_table()
+            return _PostgresRows(sink)
+        if kind == "http":
+            return _HttpRows(HttpSource(entity, self._client()), entity.fields)
+        raise ValueError(f"entity {entity.name!r}: exports from a {kind!r} sink are not supported")
+
+    async def close(self) -> None:
+        """Close every pool and the HTTP client."""
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
