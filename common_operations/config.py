@@ -219,7 +219,7 @@ class BulkSettings(BaseModel):
     entities_dir: Path = PROJECT_ROOT / "configs" / "entities"
     # Databases the postgres sinks name (entity `sink.database`); an empty url is the service's
     # own Postgres server with the database name `commerce` (created on start).
-    databases: dict[str, str | None] = Field(default_factory=lambda: {"commerce": None})
+    databases: dict[str, str | None] = Field(default_factory=lambda: dict[str, str | None](commerce=None))
     chunk_rows: int = Field(5000, ge=1, le=100_000, description="rows one import chunk commits at once")
     heartbeat_timeout: float = Field(30.0, gt=0, description="seconds a bulk activity may stay silent")
     retention_days: float = Field(30.0, gt=0, description="final tasks older than this are deleted")
