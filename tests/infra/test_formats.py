@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import zipfile
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -344,7 +345,7 @@ def test_jsonl_bom_blank_lines_missing_and_unknown_keys() -> None:
 
 
 def test_jsonl_bad_lines_are_row_problems() -> None:
-    data = b'{"sku": "A"}\n{"sku": \n[1, 2]\n{"sku": "caf\xe9"}\n{"sku": "D"}\n'
+    data = b'{"sku": "A"}\n{"sku": \n[1, 2]\n{"sku": "caf\xe9"}\n{"sku": "D"}\n{"sku": "E"} {}\n'
     rows = jsonl_rows(data)
     assert [(r.row_no, r.problem) for r in rows] == [
         (1, None),
@@ -352,10 +353,13 @@ def test_jsonl_bad_lines_are_row_problems() -> None:
         (3, "NOT_AN_OBJECT"),
         (4, "INVALID_JSON"),
         (5, None),
+        (6, "INVALID_JSON"),
     ]
     assert rows[3].detail is not None
     assert "UTF-8" in rows[3].detail
     assert rows[4].values == ["D"]
+    assert rows[5].detail is not None
+    assert "Extra data" in rows[5].detail
 
 
 @pytest.mark.parametrize(
@@ -536,7 +540,7 @@ def test_csv_writer_formats_and_neutralizes() -> None:
     writer.write_row(
         ["=HYPERLINK(x)", -5, Decimal("1E-7"), 'a,"b"\nc', {"k": [1, "é"]}, at, date(2024, 1, 2), True, None]
     )
-    writer.write_row(["-5", 1.5, Decimal("12.50"), "@x", [], datetime(2024, 1, 2), None, False, ""])
+    writer.write_row(["-5", 1.5, Decimal("-12.50"), "@x", [], datetime(2024, 1, 2), None, False, ""])
     writer.close()
     writer.close()  # idempotent
     assert writer.rows == 2
@@ -554,7 +558,25 @@ def test_csv_writer_formats_and_neutralizes() -> None:
         "true",
         "",
     ]
-    assert rows[2] == ["'-5", "1.5", "12.50", "'@x", "[]", "2024-01-02T00:00:00", "", "false", ""]
+    # Numbers are never neutralised, only strings: the Decimal -12.50 stays a number.
+    assert rows[2] == ["'-5", "1.5", "-12.50", "'@x", "[]", "2024-01-02T00:00:00", "", "false", ""]
+
+
+def test_csv_writer_write_rows_matches_write_row() -> None:
+    rows: list[list[Any]] = [["=a", i, Decimal("-1.5"), date(2024, 1, 2), None] for i in range(600)]
+    one, many = RecordingSink(), RecordingSink()
+    with open_writer("csv", one, ["a", "b", "c", "d", "e"]) as writer:
+        for row in rows:
+            writer.write_row(row)
+    with open_writer("csv", many, ["a", "b", "c", "d", "e"]) as batched:
+        batched.write_rows(iter(rows))
+    assert (writer.rows, batched.rows) == (600, 600)
+    assert one.data == many.data
+
+
+def test_file_format_error_survives_pickling() -> None:
+    err = pickle.loads(pickle.dumps(FileFormatError("MALFORMED_CSV", "Row 3 is bad", row=3, offset=40)))
+    assert (err.code, err.message, err.row, err.offset) == ("MALFORMED_CSV", "Row 3 is bad", 3, 40)
 
 
 def test_csv_writer_without_neutralization() -> None:

@@ -78,6 +78,29 @@ class SourceRow:
     detail: str | None = None
 
 
+_new = object.__new__
+_set_row_no = vars(SourceRow)["row_no"].__set__
+_set_values = vars(SourceRow)["values"].__set__
+_set_end_offset = vars(SourceRow)["end_offset"].__set__
+_set_problem = vars(SourceRow)["problem"].__set__
+_set_detail = vars(SourceRow)["detail"].__set__
+
+
+def clean_row(row_no: int, values: list[Any], end_offset: int) -> SourceRow:
+    """Build a ``SourceRow`` without a problem, about twice as fast as its constructor.
+
+    A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` by name for each field;
+    calling the slot descriptors directly matters at a million rows per file.
+    """
+    row: SourceRow = _new(SourceRow)
+    _set_row_no(row, row_no)
+    _set_values(row, values)
+    _set_end_offset(row, end_offset)
+    _set_problem(row, None)
+    _set_detail(row, None)
+    return row
+
+
 @dataclass(frozen=True, slots=True)
 class CsvLayout:
     """How to read a CSV file, as found by ``sniff_csv``.
@@ -462,7 +485,7 @@ def iter_csv(
             if end - rec_start > max_field_bytes:
                 _check_fields(rec, header, encoding, max_field_bytes, row_no, rec_start)
             if len(rec) == ncols:
-                yield SourceRow(row_no, rec, end)
+                yield clean_row(row_no, rec, end)
             else:
                 yield SourceRow(
                     row_no,

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
+from itertools import islice
+from json.encoder import encode_basestring as _encode_str
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 from uuid import UUID
@@ -113,29 +115,31 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 
-def _text(value: Any) -> Any:
-    """A CSV field for a value that is not a str, int or float."""
-    if value is None:
-        return ""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, (datetime, date, time)):
-        return value.isoformat()
-    if isinstance(value, (dict, list, tuple)):
-        return _compact_json(value)
-    if isinstance(value, Enum):
-        return _text(value.value) if not isinstance(value.value, str) else value.value
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, (int, float)):
-        return value
-    return str(value)
+def _csv_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _csv_none(value: None) -> str:
+    return ""
+
+
+def _csv_decimal(value: Decimal) -> str:
+    text = str(value)
+    return format(value, "f") if "E" in text else text  # exact digits, never an exponent
+
+
+# Renderers for the non-string types a CSV field commonly holds, looked up by exact type.
+_CSV_RENDER: dict[type, Callable[[Any], str]] = {
+    type(None): _csv_none,
+    bool: _csv_bool,
+    Decimal: _csv_decimal,
+    datetime: datetime.isoformat,
+    date: date.isoformat,
+    time: time.isoformat,
+    dict: _compact_json,
+    list: _compact_json,
+    tuple: _compact_json,
+}
 
 
 class _BufferedText:
@@ -178,6 +182,7 @@ class CsvRowWriter(_ClosingMixin):
         self._text = _BufferedText(out)
         self._writer = csv.writer(self._text.buf, lineterminator="\r\n")
         self._neutralize = neutralize_formulas
+        self._triggers = _FORMULA_TRIGGERS if neutralize_formulas else frozenset()
         self._writer.writerow([self._cell(name) for name in header])
         self._closed = False
 
@@ -187,28 +192,49 @@ class CsvRowWriter(_ClosingMixin):
             if self._neutralize and value and value[0] in _FORMULA_TRIGGERS:
                 return "'" + value
             return value
-        if kind is int or (kind is float and math.isfinite(value)):
-            return value  # csv.writer renders these itself, faster
-        value = _text(value)
-        if self._neutralize and type(value) is str and value and value[0] in _FORMULA_TRIGGERS:
-            return "'" + value
-        return value
+        if kind is int or kind is float:
+            return value  # csv.writer renders these itself (float via repr, the shortest exact form)
+        render = _CSV_RENDER.get(kind)
+        if render is not None:
+            return render(value)  # numbers, dates and JSON: never neutralised
+        if isinstance(value, Enum):
+            return self._cell(value.value)
+        if isinstance(value, (bool, int, float, Decimal, datetime, date, time, dict, list, tuple)):
+            for base, base_render in _CSV_RENDER.items():  # a subclass of a rendered type
+                if isinstance(value, base):
+                    return base_render(value)
+            return value
+        return self._cell(str(value))  # anything else (UUID, ...) as text, neutralised like text
+
+    def _fields(self, values: Sequence[Any]) -> list[Any]:
+        # Inlined for strings and numbers, the common cells, to save a call per value.
+        trig = self._triggers
+        cell = self._cell
+        return [
+            ("'" + v if v[:1] in trig else v)
+            if (t := type(v)) is str
+            else v
+            if t is int or t is float
+            else cell(v)
+            for v in values
+        ]
 
     def write_row(self, values: Sequence[Any]) -> None:
         """Write one row, values in header order."""
-        cell = self._cell
-        self._writer.writerow([cell(v) for v in values])
+        self._writer.writerow(self._fields(values))
         self.rows += 1
         self._text.maybe_flush()
 
     def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
         """Write many rows, values in header order."""
-        cell = self._cell
-        writerow = self._writer.writerow
+        fields = self._fields
+        writerows = self._writer.writerows
         maybe_flush = self._text.maybe_flush
-        for values in rows:
-            writerow([cell(v) for v in values])
-            self.rows += 1
+        it = iter(rows)
+        # Batches of rows between flush checks; a batch stays small even with large rows.
+        while batch := list(islice(it, 256)):
+            writerows(map(fields, batch))
+            self.rows += len(batch)
             maybe_flush()
 
     def close(self) -> None:
@@ -218,53 +244,48 @@ class CsvRowWriter(_ClosingMixin):
             self._text.flush()
 
 
-class _NeedsSlowPath(Exception):
-    pass
-
-
-def _strict_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        raise _NeedsSlowPath
-    return _json_default(value)
-
-
 def _json_value(value: Any) -> str:
-    """One top-level JSON value, with a Decimal as an exact number and NaN/inf as null."""
-    if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else "null"
-    if isinstance(value, float) and not math.isfinite(value):
+    """One top-level JSON value: a Decimal as an exact number, NaN and infinities as null."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
         return "null"
+    if kind is float:
+        return float.__repr__(value) if math.isfinite(value) else "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is Decimal:
+        return str(value) if value.is_finite() else "null"
+    if kind is datetime or kind is date:
+        return f'"{value.isoformat()}"'
     return _compact_json(value)
 
 
 class JsonlRowWriter(_ClosingMixin):
-    """JSON Lines: one compact UTF-8 object per line keyed by the header, LF line ends."""
+    """JSON Lines: one compact UTF-8 object per line keyed by the header, LF line ends.
+
+    Each line is assembled from pre-encoded keys and values encoded one by one rather than with
+    one ``json.dumps`` of a dict: that is faster, and it lets a ``Decimal`` be written as an exact
+    JSON number, which ``json`` cannot do.
+    """
 
     def __init__(self, out: SupportsWriteBytes, header: Sequence[str]):
         self.rows = 0
-        self._header = list(header)
-        self._keys = [json.dumps(name, ensure_ascii=False) + ":" for name in self._header]
+        self._keys = [json.dumps(name, ensure_ascii=False) + ":" for name in header]
         self._text = _BufferedText(out)
-        # allow_nan=False makes a non-finite float fail the fast path instead of writing NaN,
-        # which is not JSON.
-        self._encode: Callable[[Any], str] = json.JSONEncoder(
-            ensure_ascii=False, separators=(",", ":"), default=_strict_default, allow_nan=False
-        ).encode
         self._closed = False
 
-    def _line(self, values: Sequence[Any]) -> str:
-        try:
-            return self._encode(dict(zip(self._header, values, strict=True)))
-        except (_NeedsSlowPath, ValueError):
-            # Rare enough per row to pay for encoding value by value.
-            parts = [key + _json_value(v) for key, v in zip(self._keys, values, strict=True)]
-            return "{" + ",".join(parts) + "}"
-
     def write_row(self, values: Sequence[Any]) -> None:
-        """Write one row, values in header order."""
-        write = self._text.buf.write
-        write(self._line(values))
-        write("\n")
+        """Write one row, values in header order.
+
+        Raises:
+            ValueError: When the row does not have one value per header column.
+        """
+        parts = [key + _json_value(v) for key, v in zip(self._keys, values, strict=True)]
+        self._text.buf.write("{" + ",".join(parts) + "}\n")
         self.rows += 1
         self._text.maybe_flush()
 
