@@ -77,7 +77,12 @@ async def _keep_reconciler(runtime: Runtime) -> None:
 
 
 async def run_worker(runtime: Runtime) -> None:
-    """Run the worker until cancelled, keeping the reconciler workflow alive."""
+    """Run the worker until cancelled, keeping the reconciler workflow alive.
+
+    The sink databases and tables of the declared entities are created first (idempotent), so a new
+    installation can import into ``products`` at once.
+    """
+    await runtime.sinks.ensure_tables(runtime.entities)
     worker = build_worker(runtime)
     keeper = asyncio.create_task(_keep_reconciler(runtime), name="reconciler-keeper")
     try:
