@@ -217,6 +217,16 @@ def test_unclosed_quote_at_end_of_file_is_malformed() -> None:
     assert (err.code, err.row) == ("MALFORMED_CSV", 1)
 
 
+@pytest.mark.parametrize("data", [b"a,b\r1,2\r3,4\r", b"a,b\n1,2\r3,4\n"])
+def test_cr_only_line_ends_are_malformed(data: bytes) -> None:
+    def read() -> list[SourceRow]:
+        return rows_from(data, sniff(data))
+
+    err = error_of(read)
+    assert err.code == "MALFORMED_CSV"
+    assert "CR only" in err.message
+
+
 def test_field_over_the_limit_is_refused_with_its_row() -> None:
     data = b"sku,description\nA,short\nB," + b"x" * 1_000_000 + b"\nC,short\n"
     layout = sniff(data)
@@ -242,7 +252,7 @@ def test_invalid_utf8_in_the_sample_is_refused_with_offset_and_hint() -> None:
     data = b"sku,name\nA,caf\xe9\n"
     err = error_of(lambda: sniff(data))
     assert (err.code, err.offset) == ("INVALID_ENCODING", 14)
-    assert "14" in err.message
+    assert "byte offset 14 (line 2)" in err.message
     assert "cp1252" in err.message
 
 

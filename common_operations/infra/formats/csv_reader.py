@@ -162,10 +162,18 @@ def normalize_encoding(encoding: str) -> str:
 
 
 def _encoding_error(
-    err: UnicodeDecodeError, *, encoding: str, offset: int, row: int | None, explicit: bool
+    err: UnicodeDecodeError,
+    *,
+    encoding: str,
+    offset: int,
+    row: int | None,
+    explicit: bool,
+    line: int | None = None,
 ) -> FileFormatError:
-    bad = err.object[err.start : err.start + 4]
+    bad = err.object[err.start : err.end]
     where = f"at byte offset {offset}" + ("" if row is None else f" (row {row}; the header is row 0)")
+    if line is not None:
+        where += f" (line {line})"
     if explicit:
         advice = f"Check params.encoding ({encoding!r}) or save the file as UTF-8 and upload it again."
     else:
@@ -188,8 +196,10 @@ def _decode_sample(body: bytes, encoding: str, *, eof: bool, base: int, explicit
         # The sample may end in the middle of a multi-byte character; that is not an error.
         if not eof and err.end == len(body) and err.reason == "unexpected end of data":
             return body[: err.start].decode(encoding)
+        # Rows are not counted yet (quoted fields may span lines), but the physical line is known.
+        line = body.count(b"\n", 0, err.start) + 1
         raise _encoding_error(
-            err, encoding=encoding, offset=base + err.start, row=None, explicit=explicit
+            err, encoding=encoding, offset=base + err.start, row=None, explicit=explicit, line=line
         ) from None
 
 
@@ -373,12 +383,7 @@ def _read_header(
             _check_header(header, rec, encoding, max_field_bytes, rec_start)
             return header, pos
     except csv.Error as err:
-        raise FileFormatError(
-            MALFORMED_CSV,
-            f"The header (from byte offset {rec_start}) is not valid CSV: {err}. Check its quotes.",
-            row=0,
-            offset=rec_start,
-        ) from None
+        raise _malformed(err, 0, rec_start) from None
     raise FileFormatError(
         EMPTY_FILE, "The file is empty (no header and no rows). Upload a file with a header line."
     )
@@ -502,15 +507,22 @@ def iter_csv(
 
 def _malformed(err: csv.Error, row_no: int, offset: int) -> FileFormatError:
     text = str(err)
+    # csv's own wording speaks to programmers ("open the file in universal-newline mode").
     if "new-line character" in text:
-        hint = "The file seems to use old Mac line endings (CR only): save it with CRLF or LF line endings."
+        what = (
+            "a line break inside an unquoted field. The file seems to use old Mac line endings "
+            "(CR only): save it with CRLF or LF line endings."
+        )
     elif "NUL" in text:
-        hint = "The file contains NUL bytes: it may be binary or UTF-16; save it as CSV UTF-8."
+        what = "a NUL byte. The file may be binary or UTF-16: save it as CSV UTF-8."
+    elif "unexpected end of data" in text:
+        what = "a quoted field that is never closed before the end of the file. Check the quotes of that row."
     else:
-        hint = "Check the quotes of that row: a quoted field must be closed and followed by a delimiter."
+        what = f"{text}. Check the quotes of that row: a closing quote must be followed by a delimiter."
+    who = "The header" if row_no == 0 else f"Row {row_no}"
     return FileFormatError(
         MALFORMED_CSV,
-        f"Row {row_no} (from byte offset {offset}) is not valid CSV: {text}. {hint}",
+        f"{who} (from byte offset {offset}) is not valid CSV: {what}",
         row=row_no,
         offset=offset,
     )
