@@ -512,6 +512,21 @@ def test_xlsx_text_file_renamed(tmp_path: Path) -> None:
     assert "not an XLSX workbook" in err.message
 
 
+def test_xlsx_damaged_sheet_part(tmp_path: Path) -> None:
+    good = tmp_path / "good.xlsx"
+    make_workbook(good)
+    src = tmp_path / "damaged.xlsx"
+    with zipfile.ZipFile(good) as original, zipfile.ZipFile(src, "w") as copy:
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data = data[: len(data) // 2]
+            copy.writestr(info, data)
+    err = error_of(lambda: convert(src))
+    assert err.code == "NOT_A_WORKBOOK"
+    assert "'Products'" in err.message
+
+
 def test_xlsx_broken_workbook_parts(tmp_path: Path) -> None:
     src = tmp_path / "broken.xlsx"
     with zipfile.ZipFile(src, "w") as archive:

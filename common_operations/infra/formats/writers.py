@@ -9,8 +9,9 @@ Value rendering, shared by CSV and the text of JSON Lines:
 * ``None`` is an empty CSV field, JSON ``null``, an empty XLSX cell.
 * ``bool`` is ``true``/``false`` (a boolean cell in XLSX).
 * ``int``/``float`` are numbers; ``Decimal`` is written exactly as its digits (no exponent in
-  CSV): a JSON *number* made from ``str(value)``, so no precision is lost. Non-finite floats are
-  JSON ``null``.
+  CSV): a JSON *number* made from ``str(value)``, so no precision is lost (a Decimal nested in a
+  dict or list is a JSON string: ``json`` cannot write it as a number). Non-finite floats and
+  Decimals are JSON ``null``.
 * ``date``/``datetime``/``time`` are ISO 8601 (typed date cells in XLSX; timezone-aware datetimes
   are converted to UTC there, as Excel has no timezones).
 * ``dict``/``list`` are compact JSON text in CSV and XLSX.

@@ -171,7 +171,15 @@ def xlsx_to_csv(
             )
         # The stored dimensions are often wrong (some writers never update them) and would cut rows.
         worksheet.reset_dimensions()
-        return _write_rows(worksheet.iter_rows(values_only=True), out, max_uncompressed_bytes)
+        try:
+            return _write_rows(worksheet.iter_rows(values_only=True), out, max_uncompressed_bytes)
+        except FileFormatError:
+            raise
+        except Exception as err:  # a damaged sheet part, or a member larger than its declared size
+            raise FileFormatError(
+                NOT_A_WORKBOOK,
+                f"Sheet {name!r} of the workbook cannot be read ({err}). {_NOT_A_WORKBOOK_HINT}",
+            ) from err
     finally:
         workbook.close()
 
