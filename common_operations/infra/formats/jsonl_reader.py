@@ -146,7 +146,6 @@ def iter_jsonl(
         FileFormatError: ``FIELD_TOO_LARGE`` for a line longer than ``max_record_bytes``.
     """
     known = frozenset(header)
-    getters = header
     pos = offset
     row_no = first_row_no
     readline = stream.readline
@@ -181,12 +180,12 @@ def iter_jsonl(
                 f"Row {row_no} is a JSON {type(obj).__name__}, not an object.",
             )
         elif known.issuperset(obj):
-            yield clean_row(row_no, list(map(obj.get, getters)), pos)
+            yield clean_row(row_no, list(map(obj.get, header)), pos)
         else:
             unknown = [key for key in obj if key not in known]
             yield SourceRow(
                 row_no,
-                list(map(obj.get, getters)),
+                list(map(obj.get, header)),
                 pos,
                 UNKNOWN_KEYS,
                 f"Row {row_no} has keys that are not columns (the keys of row 1): {', '.join(unknown)}.",
