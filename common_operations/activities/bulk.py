@@ -552,14 +552,19 @@ class _ImportJob:
                 last_row = self.counts.processed
 
                 def take(n: int = 5000) -> list[SourceRow]:
+                    # Never pulls a row past the last one imported: a job stopped by a bad row
+                    # (e.g. a field too large) must not meet it again here.
                     out_rows: list[SourceRow] = []
+                    if last_row < 1 or (out_rows_seen[0] >= last_row):
+                        return out_rows
                     for row in rows:
-                        if row.row_no > last_row:
-                            break
                         out_rows.append(row)
-                        if len(out_rows) >= n:
+                        out_rows_seen[0] = row.row_no
+                        if row.row_no >= last_row or len(out_rows) >= n:
                             break
                     return out_rows
+
+                out_rows_seen = [0]
 
                 while batch := await _thread(take):
                     lines = []
@@ -575,8 +580,6 @@ class _ImportJob:
                     await _thread(_write_rows, writer, lines)
                     written += len(lines)
                     activity.heartbeat(list(self.counts.as_tuple()))
-                    if len(batch) < 5000:
-                        break
             await _thread(writer.close)
         await rejections.aclose()
         return {

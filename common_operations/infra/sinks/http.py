@@ -185,7 +185,12 @@ class _Caller:
     ) -> httpx.Response:
         last = "no attempt made"
         for attempt in range(self.retries + 1):
-            self.breaker.before_call()
+            try:
+                self.breaker.before_call()
+            except SinkUnavailable as err:
+                # Say which sink, and why it is considered down, not only that the circuit is open.
+                cause = "" if attempt == 0 else f"; last error: {last}"
+                raise SinkUnavailable(f"{method} {url}: {err.message}{cause}", **err.details) from None
             delay: float | None = None
             try:
                 response = await self.client.request(
