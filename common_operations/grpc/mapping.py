@@ -124,10 +124,16 @@ def create_task(request: pb.CreateTaskRequest) -> CreateTask:
         scheduled_at=from_timestamp(request.scheduled_at, "scheduledAt")
         if request.HasField("scheduled_at")
         else None,
+        content_type=request.content_type if request.HasField("content_type") else None,
     )
     if request.HasField("max_retries"):
         cmd = replace(cmd, max_retries=request.max_retries)
     return cmd
+
+
+def download_file(request: pb.GetDownloadUrlRequest) -> str:
+    """Which of the task's files GetDownloadUrl asks for; unset means its output."""
+    return request.file if request.HasField("file") else "output"
 
 
 def task_query(request: pb.ListTasksRequest) -> TaskQuery:
@@ -182,6 +188,9 @@ def progress_report(request: pb.UpdateTaskProgressRequest) -> ProgressReport:
 
 # -- responses -----------------------------------------------------------------------------------
 
+# The roles GetDownloadUrl serves, in the order files_available lists them (as REST does).
+_FILE_ROLES = ("output", "result", "input")
+
 
 def task_to_proto(task: Task) -> pb.Task:
     """A domain task as the API's Task message."""
@@ -212,6 +221,23 @@ def task_to_proto(task: Task) -> pb.Task:
         created_at=timestamp(task.created_at),
         updated_at=timestamp(task.updated_at),
         next_retry_at=timestamp(task.next_retry_at),
+        manifest=_optional_struct(task.manifest),
+        source_task_id=str(task.source_task_id) if task.source_task_id else None,
+        files_available=[role for role in _FILE_ROLES if isinstance(task.files.get(role), dict)],
+    )
+
+
+def _optional_struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    # Unset rather than an empty Struct, so the JSON mapping omits it where REST shows null.
+    return None if value is None else dict_to_struct(value)
+
+
+def created(task: Task) -> pb.CreateTaskResponse:
+    """The created task and, for a task that stores its input, where (and until when) to upload it."""
+    return pb.CreateTaskResponse(
+        task=task_to_proto(task),
+        upload_url=task.upload_url,
+        upload_url_expires_at=timestamp(task.upload_url_expires_at),
     )
 
 

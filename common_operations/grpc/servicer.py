@@ -37,8 +37,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.CreateTaskResponse:
         """Record a task and start its workflow."""
         task = await self._tasks.create_task(caller(context), mapping.create_task(request))
-        # upload_url stays unset until the file-storage feature issues upload URLs.
-        return pb.CreateTaskResponse(task=mapping.task_to_proto(task))
+        return mapping.created(task)
 
     @override
     @grpc_errors
@@ -86,8 +85,10 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     async def GetDownloadUrl(
         self, request: pb.GetDownloadUrlRequest, context: Context
     ) -> pb.GetDownloadUrlResponse:
-        """Where the task's output file can be downloaded."""
-        url = await self._tasks.download_url(caller(context), parse_task_id(request.task_id))
+        """Where the task's output file (or its row-level result, or its input) can be downloaded."""
+        url = await self._tasks.download_url(
+            caller(context), parse_task_id(request.task_id), mapping.download_file(request)
+        )
         return mapping.download_url(url)
 
     @override
@@ -116,6 +117,20 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
         """Delete a completed, failed or cancelled task."""
         await self._tasks.delete_task(caller(context), parse_task_id(request.id))
         return pb.DeleteTaskResponse(success=True)
+
+    @override
+    @grpc_errors
+    async def RetryFailedRows(
+        self, request: pb.RetryFailedRowsRequest, context: Context
+    ) -> pb.CreateTaskResponse:
+        """A new import of only the rows a finished import rejected; with file_name, its upload URL."""
+        task = await self._tasks.retry_failed_rows(
+            caller(context),
+            parse_task_id(request.id),
+            file_name=request.file_name if request.HasField("file_name") else None,
+            file_size=request.file_size if request.HasField("file_size") else None,
+        )
+        return mapping.created(task)
 
     @override
     @grpc_errors

@@ -230,9 +230,11 @@ class RetryFailedRowsRequest(Schema):
     """Body of ``POST …/tasks/{id}/retry-failed-rows`` (optional).
 
     Without ``fileName`` the new import takes the failed rows from the source's input as they were;
-    with it, upload the corrected rows to the returned ``uploadUrl``.
+    with it, upload the corrected rows to the returned ``uploadUrl``. ``id``, if given, must match the
+    path's (the gRPC request carries it; REST clients may repeat it, as for retry).
     """
 
+    id: str | None = None
     file_name: str | None = None
     file_size: Int64 | None = None
 

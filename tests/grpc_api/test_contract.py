@@ -52,6 +52,9 @@ FIELDS: dict[str, list[tuple[str, int, str, str]]] = {
         ("updated_at", 24, TS, ""),
         ("params_object", 25, STRUCT, ""),
         ("next_retry_at", 26, TS, ""),
+        ("manifest", 27, STRUCT, ""),
+        ("source_task_id", 28, "string", "optional"),
+        ("files_available", 29, "string", "repeated"),
     ],
     "CreateTaskRequest": [
         ("task_type", 1, "string", ""),
@@ -65,6 +68,7 @@ FIELDS: dict[str, list[tuple[str, int, str, str]]] = {
         ("file_size", 8, "int64", "optional"),
         ("scheduled_at", 9, TS, ""),
         ("max_retries", 10, "int32", "optional"),
+        ("content_type", 12, "string", "optional"),
     ],
     "CreateTaskResponse": [
         ("task", 1, T, ""),
@@ -107,11 +111,16 @@ FIELDS: dict[str, list[tuple[str, int, str, str]]] = {
         ("increment", 10, "bool", ""),
     ],
     "UpdateTaskProgressResponse": [("task", 1, T, ""), ("success", 2, "bool", "")],
-    "GetDownloadUrlRequest": [("task_id", 1, "string", "")],
+    "GetDownloadUrlRequest": [("task_id", 1, "string", ""), ("file", 2, "string", "optional")],
     "GetDownloadUrlResponse": [
         ("download_url", 1, "string", ""),
         ("file_name", 2, "string", "optional"),
         ("expires_at", 3, TS, ""),
+    ],
+    "RetryFailedRowsRequest": [
+        ("id", 1, "string", ""),
+        ("file_name", 2, "string", "optional"),
+        ("file_size", 3, "int64", "optional"),
     ],
     "GetTaskLogsRequest": [
         ("task_id", 1, "string", ""),
@@ -178,6 +187,7 @@ RPCS: dict[str, tuple[str, str]] = {
     "GetTaskLogs": ("GetTaskLogsRequest", "GetTaskLogsResponse"),
     "GetTaskEvents": ("GetTaskEventsRequest", "GetTaskEventsResponse"),
     "DeleteTask": ("DeleteTaskRequest", "DeleteTaskResponse"),
+    "RetryFailedRows": ("RetryFailedRowsRequest", "CreateTaskResponse"),
     "Health": ("HealthRequest", "HealthResponse"),
 }
 

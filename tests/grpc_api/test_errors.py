@@ -44,6 +44,7 @@ TASK_ID_CALLS: dict[str, TaskIdCall] = {
     "GetDownloadUrl": lambda s, i: s.GetDownloadUrl(pb.GetDownloadUrlRequest(task_id=i), metadata=ALICE),
     "GetTaskLogs": lambda s, i: s.GetTaskLogs(pb.GetTaskLogsRequest(task_id=i), metadata=ALICE),
     "GetTaskEvents": lambda s, i: s.GetTaskEvents(pb.GetTaskEventsRequest(task_id=i), metadata=ALICE),
+    "RetryFailedRows": lambda s, i: s.RetryFailedRows(pb.RetryFailedRowsRequest(id=i), metadata=ALICE),
 }
 
 

@@ -34,6 +34,7 @@ RPCS = {
     "GetTaskLogs",
     "GetTaskEvents",
     "DeleteTask",
+    "RetryFailedRows",
     "Health",
 }
 

@@ -21,14 +21,16 @@ TASK_KEYS = {
     "id", "taskType", "entityType", "status", "priority", "requestedBy", "params", "paramsObject",
     "fileName", "fileSize", "inputFileUrl", "outputFileUrl", "totalRecords", "processedRecords",
     "successRecords", "failedRecords", "progressPercentage", "scheduledAt", "startedAt", "completedAt",
-    "errorMessage", "retryCount", "maxRetries", "createdAt", "updatedAt", "nextRetryAt",
+    "errorMessage", "retryCount", "maxRetries", "createdAt", "updatedAt", "nextRetryAt", "manifest",
+    "sourceTaskId", "filesAvailable",
 }  # fmt: skip
 LOG_KEYS = {"id", "taskId", "seq", "level", "message", "details", "createdAt"}
 EVENT_KEYS = {
     "id", "taskId", "seq", "eventType", "status", "eventData", "payload", "createdAt", "publishedAt",
 }  # fmt: skip
 
-# RPC -> the keys of its 2xx JSON answer.
+# RPC -> the keys of its 2xx JSON answer. (RetryFailedRows answers a CreateTaskResponse, pinned through
+# CreateTask here and driven end to end in tests/grpc_api/test_bulk_rpcs.py.)
 RESPONSE_KEYS: dict[str, set[str]] = {
     "CreateTask": {"task", "uploadUrl", "uploadUrlExpiresAt"},
     "GetTask": {"task"},
@@ -63,7 +65,13 @@ OPERATIONS: dict[str, tuple[str, str, str, str | None, str]] = {
     "GetTaskEvents": ("get", "/api/v1/operations/tasks/{taskId}/events", "200", None, "TaskEventsResponse"),
     "DeleteTask": ("delete", "/api/v1/operations/tasks/{id}", "200", None, "DeleteTaskResponse"),
     "Health": ("get", "/api/v1/operations/health", "200", None, "HealthResponse"),
+    "RetryFailedRows": (
+        "post", "/api/v1/operations/tasks/{id}/retry-failed-rows", "201", "RetryFailedRowsRequest",
+        "CreateTaskResponse",
+    ),
 }  # fmt: skip
+# Operations the original service did not have (additions; SEED_HTTP holds the seed's).
+ADDED_OPERATIONS = {"RetryFailedRows"}
 
 # OpenAPI component -> its properties (request bodies: what the API accepts; answers: what it sends,
 # every property always present).
@@ -73,7 +81,7 @@ COMPONENTS: dict[str, set[str]] = {
     "TaskEventOut": EVENT_KEYS,
     "CreateTaskRequest": {
         "taskType", "entityType", "requestedBy", "priority", "params", "paramsObject", "fileName",
-        "fileSize", "scheduledAt", "maxRetries",
+        "fileSize", "scheduledAt", "maxRetries", "contentType",
     },
     "CreateTaskResponse": RESPONSE_KEYS["CreateTask"],
     "TaskResponse": RESPONSE_KEYS["GetTask"],
@@ -81,6 +89,7 @@ COMPONENTS: dict[str, set[str]] = {
     "CancelTaskRequest": {"id", "reason"},
     "CancelTaskResponse": RESPONSE_KEYS["CancelTask"],
     "RetryTaskRequest": {"id"},
+    "RetryFailedRowsRequest": {"id", "fileName", "fileSize"},
     "UpdateProgressRequest": {
         "taskId", "processedRecords", "successRecords", "failedRecords", "totalRecords", "errorMessage",
         "isCompleted", "message", "reportId", "increment",
@@ -93,6 +102,11 @@ COMPONENTS: dict[str, set[str]] = {
     "HealthResponse": RESPONSE_KEYS["Health"],
 }  # fmt: skip
 
+# Keys every answer carries (test_every_answer_has_exactly_the_pinned_keys checks the answers) that the
+# OpenAPI document does not list as required yet: TaskOut gives them defaults in web/schemas.py. Drop
+# the defaults there and this entry here together.
+UNDECLARED_REQUIRED: dict[str, set[str]] = {"TaskOut": {"manifest", "sourceTaskId", "filesAvailable"}}
+
 # Each REST body and the gRPC message it is the JSON mapping of.
 MESSAGE_OF_COMPONENT = {
     "TaskOut": "Task",
@@ -104,6 +118,7 @@ MESSAGE_OF_COMPONENT = {
     "CancelTaskRequest": "CancelTaskRequest",
     "CancelTaskResponse": "CancelTaskResponse",
     "RetryTaskRequest": "RetryTaskRequest",
+    "RetryFailedRowsRequest": "RetryFailedRowsRequest",
     "UpdateProgressRequest": "UpdateTaskProgressRequest",
     "UpdateTaskProgressResponse": "UpdateTaskProgressResponse",
     "DownloadUrlResponse": "GetDownloadUrlResponse",
@@ -189,7 +204,10 @@ async def test_seed_values_have_the_seed_json_types(api: Client, who: str, datab
     assert download["downloadUrl"] == "file:///exports/contract.csv"
     assert download["expiresAt"] is None  # no expiry for a file URL
     created = answers["CreateTask"]
-    assert (created["uploadUrl"], created["uploadUrlExpiresAt"]) == (None, None)  # no file storage yet
+    # Only a task that stores its input (built-in import) gets an upload URL; a process task has none.
+    assert (created["uploadUrl"], created["uploadUrlExpiresAt"]) == (None, None)
+    # Nor does it have stored files, an export manifest or a source import.
+    assert (task["manifest"], task["sourceTaskId"], task["filesAvailable"]) == (None, None, [])
     assert isinstance(answers["ListTasks"]["total"], int)
 
 
@@ -200,7 +218,8 @@ async def test_openapi_components_and_operations_are_pinned(api: Client) -> None
         assert set(schemas[name]["properties"]) == properties, name
         if name.endswith(("Response", "Out")):
             # Answers always carry every key (null when unset), so clients may index them blindly.
-            assert set(schemas[name]["required"]) == properties, name
+            required = set(schemas[name]["required"]) | UNDECLARED_REQUIRED.get(name, set())
+            assert required == properties, name
     for rpc, (method, path, status, request, response) in OPERATIONS.items():
         operation = spec["paths"][path][method]
         assert operation["operationId"] == rpc
@@ -214,6 +233,11 @@ async def test_openapi_components_and_operations_are_pinned(api: Client) -> None
         )
     query = {p["name"] for p in spec["paths"]["/api/v1/operations/tasks"]["get"]["parameters"]}
     assert set(SEED["ListTasksRequest"]) <= query
+    # GetDownloadUrlRequest.file: the path carries taskId, the query the rest of the request.
+    download = spec["paths"]["/api/v1/operations/tasks/{taskId}/download"]["get"]["parameters"]
+    assert {p["name"] for p in download if p["in"] == "query"} == json_names("GetDownloadUrlRequest") - {
+        "taskId"
+    }
 
 
 def test_rest_bodies_are_the_json_mapping_of_the_proto_messages() -> None:
@@ -233,4 +257,11 @@ def test_the_seed_names_are_all_kept() -> None:
 
 
 def test_the_seed_http_bindings_are_kept() -> None:
-    assert {rpc: (method, path) for rpc, (method, path, *_) in OPERATIONS.items()} == SEED_HTTP
+    bindings = {rpc: (method, path) for rpc, (method, path, *_) in OPERATIONS.items()}
+    assert {rpc: bindings.get(rpc) for rpc in SEED_HTTP} == SEED_HTTP
+    assert set(bindings) - set(SEED_HTTP) == ADDED_OPERATIONS
+
+
+def test_every_rpc_has_an_http_operation() -> None:
+    # A new RPC is added to both APIs; the RPC names are the REST operation ids.
+    assert set(OPERATIONS) == set(pb.DESCRIPTOR.services_by_name["OperationsService"].methods_by_name)

@@ -72,6 +72,9 @@ class Task(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     PARAMS_OBJECT_FIELD_NUMBER: _builtins.int
     NEXT_RETRY_AT_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    SOURCE_TASK_ID_FIELD_NUMBER: _builtins.int
+    FILES_AVAILABLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     task_type: _builtins.str
     entity_type: _builtins.str
@@ -96,6 +99,8 @@ class Task(_message.Message):
     error_message: _builtins.str
     retry_count: _builtins.int
     max_retries: _builtins.int
+    source_task_id: _builtins.str
+    """Import of the failed rows of another import (RetryFailedRows): that import's id."""
     @_builtins.property
     def scheduled_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -113,6 +118,16 @@ class Task(_message.Message):
     @_builtins.property
     def next_retry_at(self) -> _timestamp_pb2.Timestamp:
         """Set while the workflow waits to retry a failed attempt by itself (the task type's auto_retry)."""
+
+    @_builtins.property
+    def manifest(self) -> _struct_pb2.Struct:
+        """Built-in export: rows, bytes, sha256, format, entityType, filters and createdAt of the stored
+        output; unset otherwise. A Struct so that its JSON mapping is the object REST shows.
+        """
+
+    @_builtins.property
+    def files_available(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Which stored files GetDownloadUrl can serve for the task (its file field): output, result, input."""
 
     def __init__(
         self,
@@ -143,10 +158,13 @@ class Task(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         params_object: _struct_pb2.Struct | None = ...,
         next_retry_at: _timestamp_pb2.Timestamp | None = ...,
+        manifest: _struct_pb2.Struct | None = ...,
+        source_task_id: _builtins.str | None = ...,
+        files_available: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "file_name", b"file_name", "file_size", b"file_size", "input_file_url", b"input_file_url", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params_object", b"params_object", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "file_name", b"file_name", "file_size", b"file_size", "input_file_url", b"input_file_url", "manifest", b"manifest", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params_object", b"params_object", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "id", b"id", "input_file_url", b"input_file_url", "max_retries", b"max_retries", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params", b"params", "params_object", b"params_object", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "files_available", b"files_available", "id", b"id", "input_file_url", b"input_file_url", "manifest", b"manifest", "max_retries", b"max_retries", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params", b"params", "params_object", b"params_object", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error_message: _TypeAlias = _typing.Literal["error_message"]  # noqa: Y015
     _WhichOneofArgType__error_message: _TypeAlias = _typing.Literal["_error_message", b"_error_message"]  # noqa: Y015
@@ -158,6 +176,8 @@ class Task(_message.Message):
     _WhichOneofArgType__input_file_url: _TypeAlias = _typing.Literal["_input_file_url", b"_input_file_url"]  # noqa: Y015
     _WhichOneofReturnType__output_file_url: _TypeAlias = _typing.Literal["output_file_url"]  # noqa: Y015
     _WhichOneofArgType__output_file_url: _TypeAlias = _typing.Literal["_output_file_url", b"_output_file_url"]  # noqa: Y015
+    _WhichOneofReturnType__source_task_id: _TypeAlias = _typing.Literal["source_task_id"]  # noqa: Y015
+    _WhichOneofArgType__source_task_id: _TypeAlias = _typing.Literal["_source_task_id", b"_source_task_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__error_message) -> _WhichOneofReturnType__error_message | None: ...
     @_typing.overload
@@ -168,6 +188,8 @@ class Task(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__input_file_url) -> _WhichOneofReturnType__input_file_url | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_file_url) -> _WhichOneofReturnType__output_file_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__source_task_id) -> _WhichOneofReturnType__source_task_id | None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
@@ -186,6 +208,7 @@ class CreateTaskRequest(_message.Message):
     FILE_SIZE_FIELD_NUMBER: _builtins.int
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     task_type: _builtins.str
     entity_type: _builtins.str
     requested_by: _builtins.str
@@ -209,6 +232,8 @@ class CreateTaskRequest(_message.Message):
     file_size: _builtins.int
     max_retries: _builtins.int
     """Unset: the default (3)."""
+    content_type: _builtins.str
+    """Media type of the input file (built-in import); unset: derived from file_name."""
     @_builtins.property
     def params_object(self) -> _struct_pb2.Struct:
         """The parameters as a Struct."""
@@ -231,11 +256,14 @@ class CreateTaskRequest(_message.Message):
         file_size: _builtins.int | None = ...,
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         max_retries: _builtins.int | None = ...,
+        content_type: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "scheduled_at", b"scheduled_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "content_type", b"content_type", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "scheduled_at", b"scheduled_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "entity_type", b"entity_type", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "priority", b"priority", "requested_by", b"requested_by", "scheduled_at", b"scheduled_at", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "content_type", b"content_type", "entity_type", b"entity_type", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "priority", b"priority", "requested_by", b"requested_by", "scheduled_at", b"scheduled_at", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
+    _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
     _WhichOneofReturnType__file_name: _TypeAlias = _typing.Literal["file_name"]  # noqa: Y015
     _WhichOneofArgType__file_name: _TypeAlias = _typing.Literal["_file_name", b"_file_name"]  # noqa: Y015
     _WhichOneofReturnType__file_size: _TypeAlias = _typing.Literal["file_size"]  # noqa: Y015
@@ -244,6 +272,8 @@ class CreateTaskRequest(_message.Message):
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
     _WhichOneofReturnType_params_input: _TypeAlias = _typing.Literal["params", "params_json", "params_object"]  # noqa: Y015
     _WhichOneofArgType_params_input: _TypeAlias = _typing.Literal["params_input", b"params_input"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__file_name) -> _WhichOneofReturnType__file_name | None: ...
     @_typing.overload
@@ -263,8 +293,9 @@ class CreateTaskResponse(_message.Message):
     UPLOAD_URL_FIELD_NUMBER: _builtins.int
     UPLOAD_URL_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     upload_url: _builtins.str
-    """Where to upload the task's input file, and until when. Set by the file-storage feature, which
-    does not exist yet: unset until then.
+    """Where to upload the task's input file (an HTTP PUT of its bytes), and until when. Set for a task
+    created with a file_name that stores its input (built-in import); unset otherwise. The task
+    starts once the upload is complete, and fails if it is not there when the URL expires.
     """
     @_builtins.property
     def task(self) -> Global___Task: ...
@@ -616,17 +647,23 @@ class GetDownloadUrlRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    file: _builtins.str
+    """Which file: output (unset: the default), result (an import's row results) or input."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        file: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_file", b"_file", "file", b"file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_file", b"_file", "file", b"file", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__file: _TypeAlias = _typing.Literal["file"]  # noqa: Y015
+    _WhichOneofArgType__file: _TypeAlias = _typing.Literal["_file", b"_file"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__file) -> _WhichOneofReturnType__file | None: ...
 
 Global___GetDownloadUrlRequest: _TypeAlias = GetDownloadUrlRequest  # noqa: Y015
 
@@ -660,6 +697,43 @@ class GetDownloadUrlResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__file_name) -> _WhichOneofReturnType__file_name | None: ...
 
 Global___GetDownloadUrlResponse: _TypeAlias = GetDownloadUrlResponse  # noqa: Y015
+
+@_typing.final
+class RetryFailedRowsRequest(_message.Message):
+    """Without file_name the new import takes the failed rows from the source's input as they were; with
+    it, the caller uploads the corrected rows to the answer's upload_url.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    FILE_SIZE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The finished import whose failed rows are imported again."""
+    file_name: _builtins.str
+    file_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        file_name: _builtins.str | None = ...,
+        file_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "file_name", b"file_name", "file_size", b"file_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_file_name", b"_file_name", "_file_size", b"_file_size", "file_name", b"file_name", "file_size", b"file_size", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__file_name: _TypeAlias = _typing.Literal["file_name"]  # noqa: Y015
+    _WhichOneofArgType__file_name: _TypeAlias = _typing.Literal["_file_name", b"_file_name"]  # noqa: Y015
+    _WhichOneofReturnType__file_size: _TypeAlias = _typing.Literal["file_size"]  # noqa: Y015
+    _WhichOneofArgType__file_size: _TypeAlias = _typing.Literal["_file_size", b"_file_size"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__file_name) -> _WhichOneofReturnType__file_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__file_size) -> _WhichOneofReturnType__file_size | None: ...
+
+Global___RetryFailedRowsRequest: _TypeAlias = RetryFailedRowsRequest  # noqa: Y015
 
 @_typing.final
 class GetTaskLogsRequest(_message.Message):

@@ -85,6 +85,11 @@ class OperationsServiceStub:
                 request_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.DeleteTaskRequest.SerializeToString,
                 response_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.DeleteTaskResponse.FromString,
                 _registered_method=True)
+        self.RetryFailedRows = channel.unary_unary(
+                '/api.operations.v1.OperationsService/RetryFailedRows',
+                request_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.RetryFailedRowsRequest.SerializeToString,
+                response_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.CreateTaskResponse.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/api.operations.v1.OperationsService/Health',
                 request_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.HealthRequest.SerializeToString,
@@ -139,7 +144,7 @@ class OperationsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDownloadUrl(self, request, context):
-        """Where the task's output file can be downloaded.
+        """Where the task's output file (or its row-level result, or its input) can be downloaded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +166,13 @@ class OperationsServiceServicer:
 
     def DeleteTask(self, request, context):
         """Delete a completed, failed or cancelled task with its logs and events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryFailedRows(self, request, context):
+        """A new import of only the rows a finished import rejected, linked to it by source_task_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +237,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
                     servicer.DeleteTask,
                     request_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.DeleteTaskRequest.FromString,
                     response_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.DeleteTaskResponse.SerializeToString,
+            ),
+            'RetryFailedRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryFailedRows,
+                    request_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.RetryFailedRowsRequest.FromString,
+                    response_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.CreateTaskResponse.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -503,6 +520,33 @@ class OperationsService:
             '/api.operations.v1.OperationsService/DeleteTask',
             common__operations_dot_grpc_dot_v1_dot_operations__pb2.DeleteTaskRequest.SerializeToString,
             common__operations_dot_grpc_dot_v1_dot_operations__pb2.DeleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryFailedRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/api.operations.v1.OperationsService/RetryFailedRows',
+            common__operations_dot_grpc_dot_v1_dot_operations__pb2.RetryFailedRowsRequest.SerializeToString,
+            common__operations_dot_grpc_dot_v1_dot_operations__pb2.CreateTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,13 +59,15 @@ class OperationsServiceStub:
     UpdateTaskProgress: _grpc.UnaryUnaryMultiCallable[_operations_pb2.UpdateTaskProgressRequest, _operations_pb2.UpdateTaskProgressResponse]
     """Progress report of an external worker; is_completed ends the task (failed if error_message)."""
     GetDownloadUrl: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetDownloadUrlRequest, _operations_pb2.GetDownloadUrlResponse]
-    """Where the task's output file can be downloaded."""
+    """Where the task's output file (or its row-level result, or its input) can be downloaded."""
     GetTaskLogs: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetTaskLogsRequest, _operations_pb2.GetTaskLogsResponse]
     """The task's log lines, oldest first."""
     GetTaskEvents: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetTaskEventsRequest, _operations_pb2.GetTaskEventsResponse]
     """The task's events in sequence order."""
     DeleteTask: _grpc.UnaryUnaryMultiCallable[_operations_pb2.DeleteTaskRequest, _operations_pb2.DeleteTaskResponse]
     """Delete a completed, failed or cancelled task with its logs and events."""
+    RetryFailedRows: _grpc.UnaryUnaryMultiCallable[_operations_pb2.RetryFailedRowsRequest, _operations_pb2.CreateTaskResponse]
+    """A new import of only the rows a finished import rejected, linked to it by source_task_id."""
     Health: _grpc.UnaryUnaryMultiCallable[_operations_pb2.HealthRequest, _operations_pb2.HealthResponse]
     """Reachability of the backing services (Postgres, Temporal, optional ones)."""
 
@@ -87,13 +89,15 @@ class OperationsServiceAsyncStub(OperationsServiceStub):
     UpdateTaskProgress: _aio.UnaryUnaryMultiCallable[_operations_pb2.UpdateTaskProgressRequest, _operations_pb2.UpdateTaskProgressResponse]  # type: ignore[assignment]
     """Progress report of an external worker; is_completed ends the task (failed if error_message)."""
     GetDownloadUrl: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetDownloadUrlRequest, _operations_pb2.GetDownloadUrlResponse]  # type: ignore[assignment]
-    """Where the task's output file can be downloaded."""
+    """Where the task's output file (or its row-level result, or its input) can be downloaded."""
     GetTaskLogs: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetTaskLogsRequest, _operations_pb2.GetTaskLogsResponse]  # type: ignore[assignment]
     """The task's log lines, oldest first."""
     GetTaskEvents: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetTaskEventsRequest, _operations_pb2.GetTaskEventsResponse]  # type: ignore[assignment]
     """The task's events in sequence order."""
     DeleteTask: _aio.UnaryUnaryMultiCallable[_operations_pb2.DeleteTaskRequest, _operations_pb2.DeleteTaskResponse]  # type: ignore[assignment]
     """Delete a completed, failed or cancelled task with its logs and events."""
+    RetryFailedRows: _aio.UnaryUnaryMultiCallable[_operations_pb2.RetryFailedRowsRequest, _operations_pb2.CreateTaskResponse]  # type: ignore[assignment]
+    """A new import of only the rows a finished import rejected, linked to it by source_task_id."""
     Health: _aio.UnaryUnaryMultiCallable[_operations_pb2.HealthRequest, _operations_pb2.HealthResponse]  # type: ignore[assignment]
     """Reachability of the backing services (Postgres, Temporal, optional ones)."""
 
@@ -154,7 +158,7 @@ class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.GetDownloadUrlRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.GetDownloadUrlResponse, _abc.Awaitable[_operations_pb2.GetDownloadUrlResponse]]:
-        """Where the task's output file can be downloaded."""
+        """Where the task's output file (or its row-level result, or its input) can be downloaded."""
 
     @_abc_1.abstractmethod
     def GetTaskLogs(
@@ -179,6 +183,14 @@ class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.DeleteTaskResponse, _abc.Awaitable[_operations_pb2.DeleteTaskResponse]]:
         """Delete a completed, failed or cancelled task with its logs and events."""
+
+    @_abc_1.abstractmethod
+    def RetryFailedRows(
+        self,
+        request: _operations_pb2.RetryFailedRowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.CreateTaskResponse, _abc.Awaitable[_operations_pb2.CreateTaskResponse]]:
+        """A new import of only the rows a finished import rejected, linked to it by source_task_id."""
 
     @_abc_1.abstractmethod
     def Health(

@@ -243,7 +243,7 @@ class TaskController(Controller):
         """The new task (``sourceTaskId`` names this one); with ``fileName``, its ``uploadUrl``."""
         task = await call.tasks.retry_failed_rows(
             call.principal,
-            parse_task_id(id),
+            mapping.task_id(id, data.id if data else None, "id"),
             file_name=data.file_name if data else None,
             file_size=data.file_size if data else None,
         )
