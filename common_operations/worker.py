@@ -14,9 +14,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from common_operations.activities.bulk import BulkActivities
 from common_operations.activities.mirror import MirrorActivities
 from common_operations.activities.reconcile import ReconcileActivities
+from common_operations.activities.retention import RetentionActivities
 from common_operations.bootstrap import Runtime
 from common_operations.domain.workflow_types import ReconcilerState, reconciler_workflow_id
+from common_operations.services.retention import ensure_retention_schedule
 from common_operations.workflows.reconciler_workflow import ReconcilerWorkflow
+from common_operations.workflows.retention_workflow import RetentionJob
 from common_operations.workflows.task_workflow import TaskWorkflow
 
 log = logging.getLogger(__name__)
@@ -37,16 +40,21 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
     mirror = MirrorActivities(runtime.repository)
     reconcile = ReconcileActivities(runtime.reconciler())
     bulk = BulkActivities(runtime.bulk_context())
+    retention = RetentionActivities(
+        runtime.tasks, runtime.bulk_jobs, default_days=runtime.settings.bulk.retention_days
+    )
     return Worker(
         runtime.client,
         task_queue=task_queue or runtime.settings.temporal.task_queue,
-        workflows=[TaskWorkflow, ReconcilerWorkflow],
+        workflows=[TaskWorkflow, ReconcilerWorkflow, RetentionJob],
         activities=[
             mirror.mirror_task_state,
             reconcile.reconcile_tasks,
             bulk.await_upload,
             bulk.run_import,
             bulk.run_export,
+            retention.start_retention_task,
+            retention.run_retention,
         ],
         workflow_runner=WORKFLOW_RUNNER,
         max_concurrent_activities=200,
@@ -84,6 +92,12 @@ async def run_worker(runtime: Runtime) -> None:
     """
     await runtime.sinks.ensure_tables(runtime.entities)
     worker = build_worker(runtime)
+    try:
+        # Once per start: the Schedule lives in Temporal, so unlike the reconciler it needs no
+        # keeper; a worker started with a new cron brings it up to date.
+        await ensure_retention_schedule(runtime)
+    except RPCError as err:
+        log.warning("could not make sure the retention schedule exists: %s", err)
     keeper = asyncio.create_task(_keep_reconciler(runtime), name="reconciler-keeper")
     try:
         await worker.run()

@@ -179,6 +179,7 @@ def make_settings(
             heartbeat_timeout=5,
             retry={"maximum_attempts": 5, "initial_interval": 0.2, "maximum_interval": 1},
         ),
+        "retention": TaskTypeSettings(kind="retention", heartbeat_timeout=60),
         # Fails when its worker is silent for 2 s, then is retried by its workflow twice.
         "retrying_check": TaskTypeSettings(
             kind="external",

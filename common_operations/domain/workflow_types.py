@@ -17,6 +17,12 @@ MIRROR_ACTIVITY = "mirror_task_state"
 AWAIT_UPLOAD_ACTIVITY = "await_task_upload"
 IMPORT_ACTIVITY = "run_import"
 EXPORT_ACTIVITY = "run_export"
+# The retention job: a Schedule starts RETENTION_JOB_WORKFLOW_TYPE, whose one activity creates an
+# ordinary ``retention`` task; that task's workflow runs RETENTION_ACTIVITY.
+RETENTION_ACTIVITY = "run_retention"
+RETENTION_JOB_WORKFLOW_TYPE = "RetentionJob"
+START_RETENTION_ACTIVITY = "start_retention_task"
+RETENTION_TASK_TYPE = "retention"
 # ApplicationError types of bulk jobs that no retry can fix (bad file, bad header, too many errors).
 BULK_INPUT_ERROR = "BULK_INPUT_INVALID"
 BULK_TOO_MANY_ERRORS = "BULK_TOO_MANY_ERRORS"
@@ -50,6 +56,11 @@ def task_id_of(workflow_id: str) -> str:
     return workflow_id.removeprefix("task-")
 
 
+def retention_schedule_id(task_queue: str) -> str:
+    """The one retention Schedule of a task queue (every worker makes sure it exists)."""
+    return f"retention-{task_queue}"
+
+
 def reconciler_workflow_id(task_queue: str) -> str:
     """The one reconciler workflow of a task queue (every worker makes sure it runs; one does)."""
     return f"common-operations-reconciler-{task_queue}"
@@ -63,6 +74,9 @@ class HandlerKind(StrEnum):
     # Built in: this service's bulk activities move the data (files <-> entity sinks).
     IMPORT = "import"
     EXPORT = "export"
+    # Built in: deletes final tasks and their files older than a number of days (not a bulk job:
+    # it has no input file and no entity sink).
+    RETENTION = "retention"
 
     @property
     def is_bulk(self) -> bool:
@@ -368,3 +382,15 @@ class BulkJobResult:
     message: str = ""
     # The job stopped because its cancellation was requested: the counts say what stays written.
     stopped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionInput:
+    """What the retention activity needs: its own task (never deleted) and how old is too old.
+
+    ``days`` None means the worker's configured ``bulk.retention_days``.
+    """
+
+    task_id: str
+    days: float | None = None
+    batch: int = 500

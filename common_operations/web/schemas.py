@@ -124,11 +124,11 @@ class TaskOut(Schema):
     updated_at: datetime | None
     next_retry_at: datetime | None
     # Built-in export: row count, byte size and SHA-256 of the stored output (null otherwise).
-    manifest: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None
     # Import of the failed rows of another import: that import's id.
-    source_task_id: uuid.UUID | None = None
+    source_task_id: uuid.UUID | None
     # Which stored files GetDownloadUrl can serve for the task (``file=``): output, result, input.
-    files_available: list[str] = []
+    files_available: list[str]
 
 
 class TaskResponse(Schema):

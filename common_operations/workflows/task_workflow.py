@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         MIRROR_ACTIVITY,
         PROGRESS_QUERY,
         REPORT_PROGRESS_UPDATE,
+        RETENTION_ACTIVITY,
         RETRY_NOW_UPDATE,
         SA_ENTITY_TYPE,
         SA_PROGRESS,
@@ -69,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         MirrorOutcome,
         MirrorWrite,
         ProgressSnapshot,
+        RetentionInput,
         TaskWorkflowInput,
     )
 
@@ -183,6 +185,8 @@ class TaskWorkflow:
                 await self._run_delegated()
             elif self._inp.handler.kind.is_bulk:
                 await self._run_bulk()
+            elif self._inp.handler.kind is HandlerKind.RETENTION:
+                await self._run_retention()
             else:
                 await self._await_external()
             if self._status is not TaskStatus.FAILED or self._s.next_retry_at is None or self._fenced:
@@ -288,7 +292,7 @@ class TaskWorkflow:
         if self._fenced:
             raise InvalidTransition("this run no longer owns the task")
         ensure_accepts_reports(self._status)
-        if self._inp.handler.kind.is_bulk:
+        if self._inp.handler.kind.is_bulk or self._inp.handler.kind is HandlerKind.RETENTION:
             raise InvalidTransition(
                 f"a built-in {self._inp.handler.kind.value} task reports its own progress; "
                 "UpdateTaskProgress is not accepted for it"
@@ -511,6 +515,66 @@ class TaskWorkflow:
             self._apply_bulk(result)
             await self._transition(
                 TaskStatus.COMPLETED, "task.completed", result.message or f"{what} completed"
+            )
+
+    async def _run_retention(self) -> None:
+        """Delete final tasks older than ``olderThanDays`` (and their files) in one activity.
+
+        Modelled on :meth:`_run_bulk`: the transitions are written here, the activity only deletes
+        and returns its counts (deleted tasks as total and processed).
+        """
+        raw = self._inp.params.get("olderThanDays")
+        days = raw if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+        if raw is not None and (days is None or days <= 0):
+            # Refused before anything is deleted: a mistyped age must never mean "everything".
+            await self._fail_locked(f"olderThanDays must be a positive number of days, not {raw!r}")
+            return
+        async with self._lock:
+            await self._transition(TaskStatus.PROCESSING, "task.started", "retention started")
+        spec = self._inp.handler
+        deadline = self._s.attempt_deadline or workflow.now()
+        handle = workflow.start_activity(
+            RETENTION_ACTIVITY,
+            RetentionInput(task_id=self._inp.task_id, days=None if days is None else float(days)),
+            start_to_close_timeout=max(timedelta(seconds=1), deadline - workflow.now()),
+            heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
+                backoff_coefficient=spec.retry.backoff_coefficient,
+                maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
+                maximum_attempts=spec.retry.maximum_attempts,
+            ),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            result_type=BulkJobResult,
+        )
+        try:
+            result = await handle
+        except asyncio.CancelledError:
+            if not handle.done():
+                handle.cancel()
+            # What was deleted before the cancellation stays deleted: say how much.
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                stopped = await handle
+                self._apply_bulk(stopped)
+                self._stop_note = stopped.message
+            raise
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            await self._fail_locked(f"retention failed: {_describe_failure(err)}")
+            return
+        if result.stopped:
+            # The cancellation reached the activity, which answered with what it deleted instead of
+            # raising: record a cancel that says so.
+            self._apply_bulk(result)
+            self._stop_note = result.message
+            raise asyncio.CancelledError(result.message)
+        async with self._lock:
+            if self._status.is_closed:
+                return
+            self._apply_bulk(result)
+            await self._transition(
+                TaskStatus.COMPLETED, "task.completed", result.message or "retention completed"
             )
 
     async def _await_upload(self) -> bool:

@@ -102,11 +102,6 @@ COMPONENTS: dict[str, set[str]] = {
     "HealthResponse": RESPONSE_KEYS["Health"],
 }  # fmt: skip
 
-# Keys every answer carries (test_every_answer_has_exactly_the_pinned_keys checks the answers) that the
-# OpenAPI document does not list as required yet: TaskOut gives them defaults in web/schemas.py. Drop
-# the defaults there and this entry here together.
-UNDECLARED_REQUIRED: dict[str, set[str]] = {"TaskOut": {"manifest", "sourceTaskId", "filesAvailable"}}
-
 # Each REST body and the gRPC message it is the JSON mapping of.
 MESSAGE_OF_COMPONENT = {
     "TaskOut": "Task",
@@ -218,8 +213,7 @@ async def test_openapi_components_and_operations_are_pinned(api: Client) -> None
         assert set(schemas[name]["properties"]) == properties, name
         if name.endswith(("Response", "Out")):
             # Answers always carry every key (null when unset), so clients may index them blindly.
-            required = set(schemas[name]["required"]) | UNDECLARED_REQUIRED.get(name, set())
-            assert required == properties, name
+            assert set(schemas[name]["required"]) == properties, name
     for rpc, (method, path, status, request, response) in OPERATIONS.items():
         operation = spec["paths"][path][method]
         assert operation["operationId"] == rpc
