@@ -62,6 +62,7 @@ from bench.common import (
     CpuMeter,
     Profiler,
     bench_database,
+    cpu_seconds,
     database_name,
     enable_bytecode_cache,
     exit_now,
@@ -268,7 +269,9 @@ class Bench:
         commerce_url: str,
         worker: subprocess.Popen[bytes],
         rss: RssSampler | None,
+        service_url: str = "",
     ) -> None:
+        self.service_url = service_url
         self.args = args
         self.runtime = runtime
         self.commerce_url = commerce_url
@@ -336,6 +339,7 @@ class Bench:
             self.profiler.start(profile)
         meter.start()
         t0 = time.perf_counter()
+        t0_wall = time.time()
         task = await self.runtime.tasks.create_task(
             ADMIN,
             CreateTask(
@@ -360,6 +364,7 @@ class Bench:
         if done.counts.success != rows or done.counts.failed:
             raise RuntimeError(f"{kind} task counts {done.counts} != {rows} rows")
         if path is not None:
+            result.update(await self.import_split(done, rows, t0_wall))
             result["upload_s"] = round(upload_s, 3)
             result["rows_per_s_after_upload"] = round(rows / (wall - upload_s), 1)
             if (n := await self.count()) != rows:
@@ -372,6 +377,33 @@ class Bench:
         await asyncio.to_thread(drop_task_files, self.runtime, done)
         return result
 
+    async def import_split(self, task: Task, rows: int, t0: float) -> dict[str, float]:
+        """From the task's progress events (mirrored at most once a second): seconds until the
+        first progress (upload wait, sniffing), until every row was committed (the chunks), and
+        after it (the row-level result file, the final writes)."""
+        conn = await asyncpg.connect(self.service_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT extract(epoch FROM min(e.created_at)) AS first, "
+                "extract(epoch FROM min(e.created_at) FILTER "
+                "(WHERE (e.payload->>'processedRecords')::bigint >= $2)) AS rows_in, "
+                "extract(epoch FROM t.completed_at) AS done "
+                "FROM task_events e JOIN tasks t ON t.id = e.task_id "
+                "WHERE e.task_id = $1 AND e.event_type = 'task.progress' GROUP BY t.completed_at",
+                task.id,
+                rows,
+            )
+        finally:
+            await conn.close()
+        if row is None or None in (row["first"], row["rows_in"], row["done"]):
+            return {}
+        first, rows_in, done = (float(row[k]) for k in ("first", "rows_in", "done"))
+        return {
+            "until_first_progress_s": round(first - t0, 1),
+            "chunks_s": round(rows_in - first, 1),
+            "result_file_and_finish_s": round(done - rows_in, 1),
+        }
+
     async def baseline_import(self, csv_path: Path, rows: int) -> dict[str, Any]:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "sku")
         cols = ", ".join(COLUMNS)
@@ -379,6 +411,7 @@ class Bench:
         meter.start()
         t0 = time.perf_counter()
         conn = await asyncpg.connect(self.commerce_url)
+        backend = conn.get_server_pid()
         try:
             async with conn.transaction():
                 await conn.execute("CREATE TEMP TABLE stage (LIKE products) ON COMMIT DROP")
@@ -391,10 +424,12 @@ class Bench:
                     f"INSERT INTO products ({cols}) SELECT {cols} FROM stage "
                     f"ON CONFLICT (sku) DO UPDATE SET {updates}"
                 )
+            backend_cpu = cpu_seconds(backend)
         finally:
             await conn.close()
         wall = time.perf_counter() - t0
         cpu = meter.stop()
+        cpu["postgres"] = round(backend_cpu, 3)  # its own backend (opened and closed inside the run)
         if int(status.rsplit(" ", 1)[1]) != rows:
             raise RuntimeError(f"baseline upsert: {status}")
         return {
@@ -412,6 +447,7 @@ class Bench:
         meter.start()
         t0 = time.perf_counter()
         conn = await asyncpg.connect(self.commerce_url)
+        backend = conn.get_server_pid()
         try:
             with storage.open_write(key, content_type=CONTENT_TYPES["csv"]) as out:
 
@@ -425,10 +461,12 @@ class Bench:
                     header=True,
                 )
                 size = out.bytes_written
+            backend_cpu = cpu_seconds(backend)
         finally:
             await conn.close()
         wall = time.perf_counter() - t0
         cpu = meter.stop()
+        cpu["postgres"] = round(backend_cpu, 3)
         await asyncio.to_thread(storage.delete_prefix, "bench-baseline/")
         return {"wall_s": round(wall, 3), "rows_per_s": round(rows / wall, 1), "bytes": size, "cpu_s": cpu}
 
@@ -591,7 +629,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         rss = RssSampler(worker.pid) if args.rss else None
         try:
             async with open_runtime(settings) as runtime:
-                b = Bench(args, runtime, commerce_url, worker, rss)
+                b = Bench(args, runtime, commerce_url, worker, rss, service_url)
                 # The worker creates the commerce table on start; a small import warms it up.
                 for _ in range(300):
                     try:
