@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
@@ -59,6 +60,9 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
         workflow_runner=WORKFLOW_RUNNER,
         max_concurrent_activities=200,
         max_concurrent_local_activities=200,
+        # A bulk job learns of its cancellation from the answer to a heartbeat; the SDK otherwise
+        # sends them only every 0.8 x heartbeat timeout, and a cancel must stop a job in seconds.
+        max_heartbeat_throttle_interval=timedelta(seconds=2),
     )
 
 

@@ -509,6 +509,12 @@ class TaskWorkflow:
             self._apply_failed_bulk(err)
             await self._fail_locked(f"{what} failed: {_describe_failure(err)}")
             return
+        if result.stopped:
+            # Cancelled while the job ran: awaiting the activity passed the cancellation on to it,
+            # and the job answered with what it committed instead of raising. Record a cancel.
+            self._apply_bulk(result)
+            self._stop_note = result.message
+            raise asyncio.CancelledError(result.message)
         async with self._lock:
             if self._status.is_closed:
                 return
