@@ -409,27 +409,48 @@ class _ImportJob:
                             _thread(take)
                         )  # read ahead while this chunk is written
                     processed = self.counts.processed + (last - first + 1)
-                    rejected = await sink.write_chunk(
-                        self.job_id,
-                        self._chunk_no,
-                        first,
-                        last,
-                        end,
-                        good,
-                        bad,
-                        opts.mode,
-                        processed,
-                        done=eof,
-                        dry_run=opts.dry_run,
-                    )
-                    all_bad = sorted([*bad, *rejected], key=lambda r: r.row_no)
-                    await self.ctx.jobs.replace_rejections(self.inp.task_id, first, last, all_bad)
-                    self._chunk_no += 1
+
+                    async def commit(
+                        first: int = first,
+                        last: int = last,
+                        end: int = end,
+                        good: Any = good,
+                        bad: Any = bad,
+                        processed: int = processed,
+                        eof: bool = eof,
+                    ) -> None:
+                        rejected = await sink.write_chunk(
+                            self.job_id,
+                            self._chunk_no,
+                            first,
+                            last,
+                            end,
+                            good,
+                            bad,
+                            opts.mode,
+                            processed,
+                            done=eof,
+                            dry_run=opts.dry_run,
+                        )
+                        all_bad = sorted([*bad, *rejected], key=lambda r: r.row_no)
+                        await self.ctx.jobs.replace_rejections(self.inp.task_id, first, last, all_bad)
+                        self._chunk_no += 1
+                        c = self.counts
+                        c.processed = processed
+                        c.failed += len(all_bad)
+                        c.success = c.processed - c.failed
+
+                    # A cancel lets the chunk being written finish (commit and bookkeeping), so the
+                    # counts the job answers with are exactly what the sink holds.
+                    chunk = asyncio.ensure_future(commit())
+                    try:
+                        await asyncio.shield(chunk)
+                    except asyncio.CancelledError:
+                        with suppress(Exception):
+                            await chunk
+                        raise
                     offset, next_row = end, last + 1
                     c = self.counts
-                    c.processed = processed
-                    c.failed += len(all_bad)
-                    c.success = c.processed - c.failed
                     if not eof and src.size and end > 0:
                         # Rows still to come, estimated from the bytes still to read.
                         c.total = c.processed + int(
