@@ -7,6 +7,7 @@ Each test gets its own task queue, so workers of different tests never share wor
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import uuid
@@ -17,12 +18,13 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from moto.server import ThreadedMotoServer
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from common_operations.bootstrap import Runtime, open_runtime
-from common_operations.config import OperationsSettings, Settings, TaskTypeSettings
+from common_operations.config import OperationsSettings, S3Settings, Settings, TaskTypeSettings
 from common_operations.db.engine import migrate, with_database
 from common_operations.domain.workflow_types import reconciler_workflow_id
 from common_operations.infra.binaries import wheel_binary
@@ -73,6 +75,34 @@ def commerce_database(service_database: str) -> str:
 def session_data_dir() -> Path:
     """Where the session's runtimes keep stored files (local storage) and the URL signing key."""
     return Path(tempfile.mkdtemp(prefix="co-data-"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """``host:port`` of a moto S3 server for the whole session (port 0: a free one)."""
+    # moto logs every request through werkzeug.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_endpoint: str) -> S3Settings:
+    """Settings of a bucket of its own for this test (created by ``ensure_ready``)."""
+    return S3Settings(
+        endpoint=s3_endpoint,
+        access_key="testing",
+        secret_key="testing",
+        secure=False,
+        region="us-east-1",
+        bucket=f"co-test-{uuid.uuid4().hex[:12]}",
+        create_bucket=True,
+    )
 
 
 @pytest.fixture(scope="session")

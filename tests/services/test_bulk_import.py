@@ -7,20 +7,28 @@ database beside the service's), the Temporal dev server and the service's worker
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
+import httpx
+import openpyxl
 import pytest
+from temporalio.client import Client
 from temporalio.worker import Worker
 
-from common_operations.bootstrap import Runtime
+from common_operations.bootstrap import Runtime, open_runtime
+from common_operations.config import S3Settings, Settings, StorageSettings
 from common_operations.domain.entities import InvalidFilter
 from common_operations.domain.errors import NotAvailable, ValidationFailed
 from common_operations.domain.principal import Principal
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import CreateTask, Task
+from common_operations.worker import build_worker
 from tests.helpers import assert_eventually
 
 ADMIN = Principal(subject="bulk-tester", roles=frozenset({"admin"}))
@@ -223,7 +231,6 @@ async def test_export_writes_the_filtered_rows_with_a_manifest(runtime: Runtime,
     data = read_object(runtime, done.files["output"]["key"])
     manifest = done.manifest
     assert manifest is not None and manifest["rows"] == 25 and manifest["bytes"] == len(data)
-    import hashlib
 
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     rows = list(csv.DictReader(io.StringIO(data.decode())))
@@ -256,3 +263,98 @@ async def test_a_task_without_output_says_so(runtime: Runtime, worker: Worker) -
     with pytest.raises(NotAvailable, match="output"):
         await runtime.tasks.download_url(ADMIN, task.id)
     await runtime.tasks.cancel_task(ADMIN, task.id)
+
+
+async def test_xlsx_and_jsonl_imports(runtime: Runtime, worker: Worker) -> None:
+    a, b, c = sku(), sku(), sku()
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "Products"
+    sheet.append(["SKU", "Product name", "price", "Updated at"])
+    sheet.append([a, "From a sheet", 12.5, datetime(2026, 1, 2, 3, 4, 5)])
+    sheet.append([b, "Bad price", "n/a", None])
+    buf = io.BytesIO()
+    book.save(buf)
+    task = await create_import(runtime, "products.xlsx", sheet="Products")
+    upload(runtime, task, buf.getvalue())
+    done = await finished(runtime, task.id)
+    assert (done.status, done.counts.success, done.counts.failed) == (TaskStatus.COMPLETED, 1, 1), (
+        done.error_message
+    )
+    assert done.files["result"]["name"] == "products.result.xlsx"  # the result file in the input's format
+    result = openpyxl.load_workbook(
+        io.BytesIO(read_object(runtime, done.files["result"]["key"])), read_only=True
+    )
+    rows = [list(r) for r in result.worksheets[0].iter_rows(values_only=True)]
+    assert rows[0][-4:] == ["_status", "_error_code", "_error_field", "_error_message"]
+    assert rows[2][4:6] == ["failed", "INVALID_DECIMAL"]
+
+    lines = [
+        {"sku": c, "name": "From JSON", "price": 3, "tags": ["x", "y"], "active": True},
+        {"sku": sku(), "name": "No price"},
+    ]
+    task = await create_import(runtime, "products.jsonl")
+    upload(runtime, task, "".join(json.dumps(line) + "\n" for line in lines).encode())
+    done = await finished(runtime, task.id)
+    assert (done.status, done.counts.success, done.counts.failed) == (TaskStatus.COMPLETED, 1, 1), (
+        done.error_message
+    )
+    conn = await commerce(runtime)
+    try:
+        row = await conn.fetchrow("SELECT price, tags, active FROM products WHERE sku = $1", c)
+    finally:
+        await conn.close()
+    assert (
+        row is not None
+        and str(row["price"]) == "3"
+        and json.loads(row["tags"]) == ["x", "y"]
+        and row["active"]
+    )
+
+
+async def test_deleting_a_task_deletes_its_files(runtime: Runtime, worker: Worker) -> None:
+    task = await create_import(runtime)
+    upload(runtime, task, products_csv([[sku(), "One", "1", "EUR", "1", "true"]]))
+    done = await finished(runtime, task.id)
+    keys = [done.files[role]["key"] for role in ("input", "result")]
+    assert all(runtime.storage.stat(key) is not None for key in keys)
+    await runtime.tasks.delete_task(ADMIN, task.id)
+    assert all(runtime.storage.stat(key) is None for key in keys)
+
+
+@pytest.fixture
+def s3_backed(settings: Settings, s3_settings: S3Settings) -> Settings:
+    """The suite's settings with task files on the session's S3 server (moto), a bucket of their own."""
+    return settings.model_copy(update={"storage": StorageSettings(backend="s3", s3=s3_settings)})
+
+
+async def test_import_and_export_with_the_s3_backend(s3_backed: Settings, client: Client) -> None:
+    async with open_runtime(s3_backed, client=client, with_worker=True) as rt, build_worker(rt):
+        a = sku()
+        task = await create_import(rt)
+        assert task.upload_url and s3_backed.storage.s3.endpoint in task.upload_url
+        assert "X-Amz-Signature" in task.upload_url
+        async with httpx.AsyncClient() as http:  # the client's own upload, straight to S3
+            put = await http.put(task.upload_url, content=products_csv([[a, "S3", "2", "EUR", "1", "true"]]))
+            assert put.status_code == 200, put.text
+            done = await finished(rt, task.id)
+            assert (done.status, done.counts.success) == (TaskStatus.COMPLETED, 1), done.error_message
+            url = await rt.tasks.download_url(ADMIN, task.id, "result")
+            got = await http.get(url.url)
+            assert got.status_code == 200 and a in got.text
+            assert 'filename="products.result.csv"' in got.headers["content-disposition"]
+            export = await rt.tasks.create_task(
+                ADMIN,
+                CreateTask(
+                    task_type="export",
+                    entity_type="products",
+                    requested_by="",
+                    params={"format": "jsonl", "filters": {"currency": "EUR"}},
+                ),
+            )
+            exported = await finished(rt, export.id)
+            assert exported.status is TaskStatus.COMPLETED, exported.error_message
+            body = (await http.get((await rt.tasks.download_url(ADMIN, export.id)).url)).content
+            assert hashlib.sha256(body).hexdigest() == exported.manifest["sha256"]  # type: ignore[index]
+            assert any(json.loads(line)["sku"] == a for line in body.splitlines())
