@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager, aclosing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,7 +274,9 @@ class _ImportJob:
         self.ctx = ctx
         self.inp = inp
         self.counts = _Counts(inp, ctx.jobs)
-        self.job_id = f"{inp.task_id}:{inp.attempt}"
+        # One job per task, across its attempts: a retried import (after a sink outage, say)
+        # resumes after its last committed chunk instead of applying those rows again.
+        self.job_id = inp.task_id
 
     async def run(self) -> BulkJobResult:
         try:
@@ -488,7 +490,7 @@ class _ImportJob:
         fmt = opts.format or "csv"
         key = str(inp["key"])
         if fmt == "xlsx":
-            staging = f"{self.inp.task_id}/staging/{self.inp.attempt}.csv"
+            staging = f"{self.inp.task_id}/staging/input.csv"
             if await _thread(storage.stat, staging) is None:
                 await self._xlsx_to_csv(key, staging, opts.sheet)
             src = await self._sniff(staging, "csv", None, "utf-8")
@@ -715,13 +717,19 @@ class _ExportJob:
             writer = await _thread(
                 lambda: open_writer(fmt, _WriterIO(hashing), header, sheet_name=opts.sheet)
             )
-            async for batch in source.stream(filters, batch_rows=self.ctx.chunk_rows):
-                await _thread(_write_rows, writer, batch)
-                c = self.counts
-                c.processed += len(batch)
-                c.success = c.processed
-                await c.report("")
-            await _thread(writer.close)
+            try:
+                # Closed even when the job stops half-way, so the snapshot's connection goes back.
+                async with aclosing(source.stream(filters, batch_rows=self.ctx.chunk_rows)) as batches:
+                    async for batch in batches:
+                        await _thread(_write_rows, writer, batch)
+                        c = self.counts
+                        c.processed += len(batch)
+                        c.success = c.processed
+                        await c.report("")
+            finally:
+                # Also on failure: an XLSX writer holds a temporary file until it is closed (the
+                # object itself is then discarded, not stored).
+                await asyncio.shield(_thread(writer.close))
         c = self.counts
         c.total = c.processed
         manifest = {

@@ -10,7 +10,7 @@ database's row results if a crash came between the two.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,7 +76,7 @@ class RowSource(Protocol):
         """How many rows the filters select (0 when unknown)."""
         ...
 
-    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncGenerator[list[tuple[Any, ...]]]:
         """The selected rows, in batches of ``fields`` tuples."""
         ...
 
@@ -199,7 +199,7 @@ class _PostgresRows:
     async def count(self, filters: Sequence[Filter]) -> int:
         return await self.sink.count(filters)
 
-    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncGenerator[list[tuple[Any, ...]]]:
         return self.sink.stream(filters, batch_rows=batch_rows)
 
 
@@ -211,7 +211,7 @@ class _HttpRows:
     async def count(self, filters: Sequence[Filter]) -> int:
         return 0  # a paginated endpoint gives no total: progress counts rows only
 
-    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+    def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncGenerator[list[tuple[Any, ...]]]:
         return self.source.stream(filters, batch_rows=batch_rows)
 
 

@@ -21,7 +21,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -416,7 +416,7 @@ class HttpSource:
 
     async def stream(
         self, filters: Sequence[Filter], *, batch_rows: int = 5000
-    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+    ) -> AsyncGenerator[list[tuple[Any, ...]]]:
         """The selected rows as ``fields`` tuples, one batch per page.
 
         Raises:

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -442,7 +442,7 @@ class PostgresSink:
 
     async def stream(
         self, filters: Sequence[Filter], *, batch_rows: int = 5000
-    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+    ) -> AsyncGenerator[list[tuple[Any, ...]]]:
         """The rows ``filters`` select, in key order, in batches of ``export_fields`` tuples.
 
         One snapshot (a repeatable-read, read-only transaction) on one connection with a server-side
