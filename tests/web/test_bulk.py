@@ -46,6 +46,7 @@ async def download(api: httpx.AsyncClient, task_id: str, file: str = "output") -
     got = await api.get(local(body["downloadUrl"]))
     assert got.status_code == 200, got.text
     assert body["fileName"] in got.headers["content-disposition"]
+    assert got.headers["content-type"].count("charset") <= 1, got.headers["content-type"]
     return got
 
 

@@ -143,11 +143,12 @@ class FileController(Controller):
         headers["Content-Disposition"] = content_disposition(
             grant.download_name or grant.key.rsplit("/", 1)[-1]
         )
-        return Stream(
-            _chunks(files, grant.key, info.size),
-            media_type=grant.content_type or DEFAULT_CONTENT_TYPE,
-            headers=headers,
-        )
+        media_type = grant.content_type or DEFAULT_CONTENT_TYPE
+        # Litestar appends "; charset=utf-8" to every text/* type; one that names its charset
+        # already goes out as it is.
+        if media_type.startswith("text/") and "charset=" in media_type:
+            headers["content-type"] = media_type
+        return Stream(_chunks(files, grant.key, info.size), media_type=media_type, headers=headers)
 
 
 async def _chunks(files: LocalStorage, key: str, size: int) -> AsyncIterator[bytes]:
