@@ -145,6 +145,10 @@ class SinkSpec:
     timeout: float = 30.0
     task_queue: str | None = None
     activity: str | None = None
+    # postgres: what an export reads instead of the whole table, a SELECT of the entity's columns
+    # (e.g. a join or a view-like filter). It comes from configuration, never from a caller; the
+    # caller's filters are applied on top of it as bound parameters.
+    export_query: str | None = None
 
     def validate(self) -> None:
         """Check that the sink names what its kind needs.
@@ -157,6 +161,10 @@ class SinkSpec:
                 raise ValueError("sink: a postgres sink needs `database`")
             if not self.table or not TABLE_NAME.fullmatch(self.table):
                 raise ValueError(f"sink: `table` {self.table!r} must match {TABLE_NAME.pattern}")
+            if self.export_query is not None and not self.export_query.lstrip().lower().startswith(
+                ("select", "with")
+            ):
+                raise ValueError("sink: `export_query` must be a SELECT (or WITH ... SELECT) query")
         elif self.kind == "http":
             if not self.url:
                 raise ValueError("sink: an http sink needs `url`")

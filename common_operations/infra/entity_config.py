@@ -33,7 +33,18 @@ _FIELD_KEYS = frozenset(
     }
 )
 _SINK_KEYS = frozenset(
-    {"kind", "database", "table", "url", "export_url", "batch_size", "timeout", "task_queue", "activity"}
+    {
+        "kind",
+        "database",
+        "table",
+        "url",
+        "export_url",
+        "batch_size",
+        "timeout",
+        "task_queue",
+        "activity",
+        "export_query",
+    }
 )
 _ENTITY_KEYS = frozenset({"name", "description", "fields", "sink"})
 
@@ -128,7 +139,7 @@ def _sink(where: str, data: Any, entity_name: str) -> SinkSpec:
     timeout = data.get("timeout", 30.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise ValueError(f"{where}: `timeout` must be a number of seconds")
-    for text in ("database", "table", "url", "export_url", "task_queue", "activity"):
+    for text in ("database", "table", "url", "export_url", "task_queue", "activity", "export_query"):
         if data.get(text) is not None and not isinstance(data[text], str):
             raise ValueError(f"{where}: `{text}` must be a string")
     batch = data.get("batch_size")
@@ -145,6 +156,7 @@ def _sink(where: str, data: Any, entity_name: str) -> SinkSpec:
         timeout=float(timeout),
         task_queue=data.get("task_queue"),
         activity=data.get("activity"),
+        export_query=data.get("export_query"),
     )
 
 

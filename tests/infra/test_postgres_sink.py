@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -375,3 +376,18 @@ def test_database_url_for() -> None:
     assert database_url_for({"x": "postgresql://o/db"}, "x", service) == "postgresql://o/db"
     with pytest.raises(ValueError, match="unknown sink database 'nope'; configured"):
         database_url_for({"commerce": None}, "nope", service)
+
+
+async def test_an_export_query_is_the_source_and_filters_still_bind(pool: asyncpg.Pool, schema: str) -> None:
+    """A configured export query replaces the table as the export's source; filters apply on top."""
+    entity = product_entity(schema)
+    sink, conv = await make_sink(pool, entity, ["sku", "name", "price", "active"])
+    rows = [[f"Q{i}", f"n{i}", str(i), "true" if i % 2 == 0 else "false"] for i in range(6)]
+    await sink.write_chunk("job-q", rows_of(conv, *rows), "upsert", cp())
+    query = f'SELECT * FROM "{schema}"."products" WHERE price >= 2'
+    view = dataclasses.replace(entity, sink=dataclasses.replace(entity.sink, export_query=query))
+    source = PostgresSink(pool, view)
+    active = parse_filters(view, {"active": True})
+    assert await source.count([]) == 4
+    assert await source.count(active) == 2
+    assert [r[0] for b in [b async for b in source.stream(active)] for r in b] == ["Q2", "Q4"]

@@ -434,10 +434,16 @@ class PostgresSink:
                 clauses.append(f"{column} <= ${n}")
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
+    @property
+    def _source(self) -> str:
+        """What exports read: the table, or the entity's configured ``export_query`` as a subquery."""
+        query = self.entity.sink.export_query
+        return f"({query}) AS export_source" if query else self.table
+
     async def count(self, filters: Sequence[Filter]) -> int:
         """The exact number of rows ``filters`` select."""
         where, args = self._where(filters)
-        value = await self.pool.fetchval(f"SELECT count(*) FROM {self.table}{where}", *args)
+        value = await self.pool.fetchval(f"SELECT count(*) FROM {self._source}{where}", *args)
         return int(value)
 
     async def stream(
@@ -451,7 +457,7 @@ class PostgresSink:
         """
         where, args = self._where(filters)
         columns = ", ".join(quote_ident(f.column) for f in self.export_fields)
-        query = f"SELECT {columns} FROM {self.table}{where} ORDER BY {', '.join(self._keys)}"
+        query = f"SELECT {columns} FROM {self._source}{where} ORDER BY {', '.join(self._keys)}"
         json_positions = [i for i, f in enumerate(self.export_fields) if f.type is FieldType.JSON]
         async with (
             self.pool.acquire() as conn,
