@@ -99,7 +99,12 @@ async def open_runtime(
         if redis is not None:
             probes["redis"] = partial(cache.ping, redis)
         bulk_jobs = BulkRepository(engine.pool)
-        sinks = SinkRegistry(settings.database.url, settings.bulk.databases, bulk_jobs)
+        sinks = SinkRegistry(
+            settings.database.url,
+            settings.bulk.databases,
+            bulk_jobs,
+            breaker_reset_after=settings.bulk.breaker_reset_after,
+        )
         bulk = BulkService(storage, settings.storage, entities)
         yield Runtime(
             settings=settings,

@@ -222,6 +222,9 @@ class BulkSettings(BaseModel):
     databases: dict[str, str | None] = Field(default_factory=lambda: dict[str, str | None](commerce=None))
     chunk_rows: int = Field(5000, ge=1, le=100_000, description="rows one import chunk commits at once")
     heartbeat_timeout: float = Field(30.0, gt=0, description="seconds a bulk activity may stay silent")
+    breaker_reset_after: float = Field(
+        30.0, gt=0, description="seconds an http sink's open circuit fails fast before one trial call"
+    )
     retention_days: float = Field(30.0, gt=0, description="final tasks older than this are deleted")
     retention_schedule: str = Field("0 3 * * *", description="cron of the retention job (UTC)")
 

@@ -286,10 +286,25 @@ class TaskService:
         if task.next_retry_at is not None:
             return with_snapshot(task, await self.workflows.retry_now(str(task_id)))
         message = f"requested by {principal.subject}"
-        await self.workflows.start(
-            workflow_input(task, self.settings, retry_message=message), new_attempt=True
-        )
+        inp = workflow_input(task, self.settings, retry_message=message)
+        try:
+            await self.workflows.start(inp, new_attempt=True)
+        except InvalidTransition:
+            # The failed attempt's run writes its failure first and closes a moment later: a retry
+            # asked for in between waits for that close rather than being refused.
+            if not await self._await_run_closed(task_id):
+                raise
+            await self.workflows.start(inp, new_attempt=True)
         return await self._await_change(task)
+
+    async def _await_run_closed(self, task_id: uuid.UUID) -> bool:
+        deadline = asyncio.get_running_loop().time() + self.settings.cancel_wait
+        while asyncio.get_running_loop().time() < deadline:
+            info = await self.workflows.describe(str(task_id))
+            if info is None or not info.running:
+                return True
+            await asyncio.sleep(_RETRY_POLL_SECONDS * 5)
+        return False
 
     async def _await_change(self, task: Task) -> Task:
         deadline = asyncio.get_running_loop().time() + self.settings.cancel_wait

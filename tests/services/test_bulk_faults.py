@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import pytest
@@ -345,3 +345,64 @@ async def test_an_http_sink_rejecting_rows_or_unreachable(
         assert done.status is TaskStatus.FAILED
         assert done.error_message and "127.0.0.1:9" in done.error_message, done.error_message
         assert done.counts.success == 0
+
+
+class _FlakySink(BaseHTTPRequestHandler):
+    """Accepts the first two chunks, then fails until told to recover; records every row it took."""
+
+    taken: ClassVar[list[str]] = []
+    accepted_chunks: ClassVar[int] = 0
+    healthy: ClassVar[bool] = False
+
+    def do_POST(self) -> None:
+        import json
+
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        if cls.accepted_chunks >= 2 and not cls.healthy:
+            self.send_response(503)
+            self.end_headers()
+            return
+        cls.accepted_chunks += 1
+        cls.taken.extend(r["data"]["code"] for r in body["rows"])
+        data = json.dumps({"results": [{"row": r["row"], "ok": True} for r in body["rows"]]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_retried_import_resumes_after_its_last_committed_chunk(
+    small_chunks: Settings, client: Client, tmp_path: Path
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakySink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = small_chunks.model_copy(deep=True)
+    settings.bulk.entities_dir = widgets(
+        tmp_path / "entities", f"http://127.0.0.1:{server.server_address[1]}/i"
+    )
+    settings.bulk.breaker_reset_after = 0.5  # the retry's first call is the breaker's trial call
+    n = 2_000  # four chunks of 500: two go in, then the sink fails
+    try:
+        async with open_runtime(settings, client=client, with_worker=True) as rt:
+            task = await rt.tasks.create_task(
+                ADMIN,
+                CreateTask(task_type="import", entity_type="widgets", requested_by="", file_name="w.csv"),
+            )
+            upload(rt, task, ("code,name\n" + "".join(f"W{i},n{i}\n" for i in range(n))).encode())
+            async with build_worker(rt):
+                failed = await finished(rt, task.id, timeout=90)
+                assert failed.status is TaskStatus.FAILED, failed
+                assert failed.error_message and "503" in failed.error_message
+                _FlakySink.healthy = True
+                await rt.tasks.retry_task(ADMIN, task.id)
+                done = await finished(rt, task.id, timeout=60)
+        assert done.status is TaskStatus.COMPLETED, done.error_message
+        assert (done.counts.processed, done.counts.success, done.counts.failed) == (n, n, 0)
+        assert sorted(_FlakySink.taken) == sorted(f"W{i}" for i in range(n))  # each row sent once
+    finally:
+        server.shutdown()

@@ -218,8 +218,16 @@ class _HttpRows:
 class SinkRegistry:
     """Connections to the sinks the declared entities name, opened on first use."""
 
-    def __init__(self, service_url: str, databases: Mapping[str, str | None], jobs: BulkRepository) -> None:
+    def __init__(
+        self,
+        service_url: str,
+        databases: Mapping[str, str | None],
+        jobs: BulkRepository,
+        *,
+        breaker_reset_after: float = 30.0,
+    ) -> None:
         """Open pools for ``databases`` (by name; an empty URL is the service's own server)."""
+        self._breaker_reset_after = breaker_reset_after
         self._service_url = service_url
         self._databases = databases
         self._jobs = jobs
@@ -251,7 +259,7 @@ class SinkRegistry:
         return self._http
 
     def _breaker(self, entity: EntitySpec) -> CircuitBreaker:
-        return self._breakers.setdefault(entity.name, CircuitBreaker())
+        return self._breakers.setdefault(entity.name, CircuitBreaker(reset_after=self._breaker_reset_after))
 
     async def chunk_sink(self, entity: EntitySpec, fields: Sequence[FieldSpec]) -> ChunkSink:
         """Where ``entity``'s imported rows (with ``fields``) go.

@@ -77,6 +77,8 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.reset_after = reset_after
         self._clock = clock
+        # What the latest failed call met, so that a fast failure can say why the sink is down.
+        self.last_error: str | None = None
         self._failures = 0
         self._opened_at: float | None = None
         self._trial = False
@@ -189,7 +191,8 @@ class _Caller:
                 self.breaker.before_call()
             except SinkUnavailable as err:
                 # Say which sink, and why it is considered down, not only that the circuit is open.
-                cause = "" if attempt == 0 else f"; last error: {last}"
+                reason = last if attempt else self.breaker.last_error
+                cause = f"; last error: {reason}" if reason else ""
                 raise SinkUnavailable(f"{method} {url}: {err.message}{cause}", **err.details) from None
             delay: float | None = None
             try:
@@ -204,11 +207,13 @@ class _Caller:
             except httpx.TransportError as exc:
                 self.breaker.record_failure()
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self.breaker.last_error = last
             else:
                 status = response.status_code
                 if status >= 500 or status == 429:
                     self.breaker.record_failure()
                     last = f"HTTP {status}: {_problem_text(response)}"
+                    self.breaker.last_error = last
                     delay = _retry_after(response)
                 else:
                     # The sink answered: even a refusal shows it is up.
