@@ -113,6 +113,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.progress
 	$(BIN)/python -m bench.create
+	$(BIN)/python -m bench.bulk --rss
 
 clean:
 	rm -rf $(VENV) build/venv-* .pytest_cache .mypy_cache .ruff_cache htmlcov .coverage
