@@ -331,9 +331,16 @@ class TaskService:
         validate_report_shape(report)
         task = await self._get(task_id)
         # Checked here too (the workflow's validator has the last word) so that a report on a
-        # finished task is refused without a round trip to a run that may no longer exist.
-        ensure_accepts_reports(task.status)
-        snapshot = await self.workflows.report_progress(str(task_id), report)
+        # finished task is refused without a round trip to a run that may no longer exist. Not for
+        # a failed task: a retry may have started its next run before the mirror shows it pending.
+        if task.status is not TaskStatus.FAILED:
+            ensure_accepts_reports(task.status)
+        try:
+            snapshot = await self.workflows.report_progress(str(task_id), report)
+        except InvalidTransition:
+            # Say why in the task's own terms when the mirror now shows it ("task is failed; ...").
+            ensure_accepts_reports((await self._get(task_id)).status)
+            raise
         return with_snapshot(task, snapshot)
 
     async def delete_task(self, principal: Principal, task_id: uuid.UUID) -> None:
