@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         DelegatedTaskInput,
         DelegatedTaskResult,
         HandlerKind,
+        HandlerSpec,
         LogLine,
         MirrorOutcome,
         MirrorWrite,
@@ -113,6 +114,17 @@ def search_attribute_pairs(
 def _rejection(err: DomainError) -> ApplicationError:
     """A domain error as an ApplicationError whose ``type`` is the stable code."""
     return ApplicationError(err.message, err.details, type=err.code, non_retryable=True)
+
+
+def _retry_policy(spec: HandlerSpec, non_retryable: list[str] | None = None) -> RetryPolicy:
+    """The task type's retry policy for its activity (exponential backoff)."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
+        backoff_coefficient=spec.retry.backoff_coefficient,
+        maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
+        maximum_attempts=spec.retry.maximum_attempts,
+        non_retryable_error_types=non_retryable or None,
+    )
 
 
 def _describe_failure(err: BaseException) -> str:
@@ -410,12 +422,7 @@ class TaskWorkflow:
             schedule_to_close_timeout=timeout,
             start_to_close_timeout=timeout,
             heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_seconds),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
-                backoff_coefficient=spec.retry.backoff_coefficient,
-                maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
-                maximum_attempts=spec.retry.maximum_attempts,
-            ),
+            retry_policy=_retry_policy(spec),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             result_type=DelegatedTaskResult,
         )
@@ -465,10 +472,7 @@ class TaskWorkflow:
             await self._transition(
                 TaskStatus.PROCESSING, "task.started", f"{what} started" + (f": {name}" if name else "")
             )
-        spec = self._inp.handler
-        deadline = self._s.attempt_deadline or workflow.now()
-        timeout = max(timedelta(seconds=1), deadline - workflow.now())
-        handle = workflow.start_activity(
+        await self._run_job(
             IMPORT_ACTIVITY if kind is HandlerKind.IMPORT else EXPORT_ACTIVITY,
             BulkJobInput(
                 task_id=self._inp.task_id,
@@ -480,15 +484,25 @@ class TaskWorkflow:
                 input_file=self._inp.input_file,
                 progress_interval_seconds=self._inp.limits.progress_interval_seconds,
             ),
-            start_to_close_timeout=timeout,
+            what,
+            non_retryable=[BULK_INPUT_ERROR, BULK_TOO_MANY_ERRORS],
+        )
+
+    async def _run_job(self, activity: str, arg: Any, what: str, *, non_retryable: list[str]) -> None:
+        """Run one built-in job's activity to its end and record how it ended.
+
+        Completed with the counts it returned; failed with its error (and the counts and files a
+        failed bulk job reports); cancelled with what the job says it left behind: a cancellation
+        passed on to the activity makes it stop and answer with what it committed.
+        """
+        spec = self._inp.handler
+        deadline = self._s.attempt_deadline or workflow.now()
+        handle = workflow.start_activity(
+            activity,
+            arg,
+            start_to_close_timeout=max(timedelta(seconds=1), deadline - workflow.now()),
             heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_seconds),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
-                backoff_coefficient=spec.retry.backoff_coefficient,
-                maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
-                maximum_attempts=spec.retry.maximum_attempts,
-                non_retryable_error_types=[BULK_INPUT_ERROR, BULK_TOO_MANY_ERRORS],
-            ),
+            retry_policy=_retry_policy(spec, non_retryable),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             result_type=BulkJobResult,
         )
@@ -497,7 +511,6 @@ class TaskWorkflow:
         except asyncio.CancelledError:
             if not handle.done():
                 handle.cancel()
-            # The job stops after the chunk it is writing and says what it committed.
             with contextlib.suppress(ActivityError, asyncio.CancelledError):
                 stopped = await handle
                 self._apply_bulk(stopped)
@@ -510,8 +523,8 @@ class TaskWorkflow:
             await self._fail_locked(f"{what} failed: {_describe_failure(err)}")
             return
         if result.stopped:
-            # Cancelled while the job ran: awaiting the activity passed the cancellation on to it,
-            # and the job answered with what it committed instead of raising. Record a cancel.
+            # Awaiting the activity passed the workflow's cancellation on to it, and the job
+            # answered with what it committed instead of raising: record a cancel that says so.
             self._apply_bulk(result)
             self._stop_note = result.message
             raise asyncio.CancelledError(result.message)
@@ -537,51 +550,12 @@ class TaskWorkflow:
             return
         async with self._lock:
             await self._transition(TaskStatus.PROCESSING, "task.started", "retention started")
-        spec = self._inp.handler
-        deadline = self._s.attempt_deadline or workflow.now()
-        handle = workflow.start_activity(
+        await self._run_job(
             RETENTION_ACTIVITY,
             RetentionInput(task_id=self._inp.task_id, days=None if days is None else float(days)),
-            start_to_close_timeout=max(timedelta(seconds=1), deadline - workflow.now()),
-            heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_seconds),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=spec.retry.initial_interval_seconds),
-                backoff_coefficient=spec.retry.backoff_coefficient,
-                maximum_interval=timedelta(seconds=spec.retry.maximum_interval_seconds),
-                maximum_attempts=spec.retry.maximum_attempts,
-            ),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            result_type=BulkJobResult,
+            "retention",
+            non_retryable=[],
         )
-        try:
-            result = await handle
-        except asyncio.CancelledError:
-            if not handle.done():
-                handle.cancel()
-            # What was deleted before the cancellation stays deleted: say how much.
-            with contextlib.suppress(ActivityError, asyncio.CancelledError):
-                stopped = await handle
-                self._apply_bulk(stopped)
-                self._stop_note = stopped.message
-            raise
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            await self._fail_locked(f"retention failed: {_describe_failure(err)}")
-            return
-        if result.stopped:
-            # The cancellation reached the activity, which answered with what it deleted instead of
-            # raising: record a cancel that says so.
-            self._apply_bulk(result)
-            self._stop_note = result.message
-            raise asyncio.CancelledError(result.message)
-        async with self._lock:
-            if self._status.is_closed:
-                return
-            self._apply_bulk(result)
-            await self._transition(
-                TaskStatus.COMPLETED, "task.completed", result.message or "retention completed"
-            )
 
     async def _await_upload(self) -> bool:
         """Wait for the input file; False (and the task failed) if it never came."""
