@@ -68,7 +68,7 @@ from common_operations.infra.formats import (
     sniff_jsonl,
     xlsx_to_csv,
 )
-from common_operations.infra.sinks.chunks import ChunkSink, RowSource, SinkRegistry
+from common_operations.infra.sinks.chunks import ChunkSink, ChunkWrite, RowSource, SinkRegistry
 from common_operations.infra.storage.base import ObjectWriter, Storage
 
 log = logging.getLogger(__name__)
@@ -393,17 +393,19 @@ class _ImportJob:
                     if first < 0:
                         # Nothing left (the file ended on a chunk boundary): mark the job done.
                         await sink.write_chunk(
-                            self.job_id,
-                            self._chunk_no,
-                            next_row,
-                            next_row - 1,
-                            offset,
-                            [],
-                            [],
-                            opts.mode,
-                            self.counts.processed,
-                            done=True,
-                            dry_run=opts.dry_run,
+                            ChunkWrite(
+                                job_id=self.job_id,
+                                chunk_no=self._chunk_no,
+                                first_row=next_row,
+                                last_row=next_row - 1,
+                                end_offset=offset,
+                                rows=[],
+                                rejected=[],
+                                mode=opts.mode,
+                                processed=self.counts.processed,
+                                done=True,
+                                dry_run=opts.dry_run,
+                            )
                         )
                         return
                     if not eof:
@@ -422,17 +424,19 @@ class _ImportJob:
                         eof: bool = eof,
                     ) -> None:
                         rejected = await sink.write_chunk(
-                            self.job_id,
-                            self._chunk_no,
-                            first,
-                            last,
-                            end,
-                            good,
-                            bad,
-                            opts.mode,
-                            processed,
-                            done=eof,
-                            dry_run=opts.dry_run,
+                            ChunkWrite(
+                                job_id=self.job_id,
+                                chunk_no=self._chunk_no,
+                                first_row=first,
+                                last_row=last,
+                                end_offset=end,
+                                rows=good,
+                                rejected=bad,
+                                mode=opts.mode,
+                                processed=processed,
+                                done=eof,
+                                dry_run=opts.dry_run,
+                            )
                         )
                         all_bad = sorted([*bad, *rejected], key=lambda r: r.row_no)
                         await self.ctx.jobs.replace_rejections(self.inp.task_id, first, last, all_bad)

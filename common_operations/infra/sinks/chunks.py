@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
@@ -27,18 +27,25 @@ from common_operations.infra.sinks.postgres import (
     ensure_database,
 )
 
+# Where a job resumes, and the rejections of the chunk committed last (one shape for every sink).
+ChunkCheckpoint = JobCheckpoint
 
-@dataclass(slots=True)
-class ChunkCheckpoint:
-    """Where a job resumes, and the rejections of the chunk committed last."""
 
-    next_offset: int
-    next_row: int
+@dataclass(frozen=True, slots=True)
+class ChunkWrite:
+    """One chunk of an import: its rows, where the input stands after it, and the job's counts."""
+
+    job_id: str
     chunk_no: int
+    first_row: int
+    last_row: int
+    end_offset: int
+    rows: Sequence[tuple[int, tuple[Any, ...]]]
+    rejected: Sequence[RowRejection]
+    mode: ImportMode
     processed: int
-    first_row: int = 1
-    done: bool = False
-    rejections: list[RowRejection] = field(default_factory=list)
+    done: bool
+    dry_run: bool
 
 
 class ChunkSink(Protocol):
@@ -48,22 +55,8 @@ class ChunkSink(Protocol):
         """The job's last committed chunk, if any."""
         ...
 
-    async def write_chunk(
-        self,
-        job_id: str,
-        chunk_no: int,
-        first_row: int,
-        last_row: int,
-        end_offset: int,
-        rows: Sequence[tuple[int, tuple[Any, ...]]],
-        rejected: Sequence[RowRejection],
-        mode: ImportMode,
-        processed: int,
-        *,
-        done: bool,
-        dry_run: bool,
-    ) -> list[RowRejection]:
-        """Apply ``rows`` and commit the checkpoint after ``last_row``; the rows the sink refused."""
+    async def write_chunk(self, chunk: ChunkWrite) -> list[RowRejection]:
+        """Apply the chunk's rows and commit the checkpoint after it; the rows the sink refused."""
         ...
 
 
@@ -107,33 +100,24 @@ class _PostgresChunks:
             rejections=_from_tuples(cp.rejections),
         )
 
-    async def write_chunk(
-        self,
-        job_id: str,
-        chunk_no: int,
-        first_row: int,
-        last_row: int,
-        end_offset: int,
-        rows: Sequence[tuple[int, tuple[Any, ...]]],
-        rejected: Sequence[RowRejection],
-        mode: ImportMode,
-        processed: int,
-        *,
-        done: bool,
-        dry_run: bool,
-    ) -> list[RowRejection]:
+    async def write_chunk(self, chunk: ChunkWrite) -> list[RowRejection]:
         checkpoint = Checkpoint(
-            next_offset=end_offset,
-            next_row=last_row + 1,
-            chunk_no=chunk_no,
-            processed=processed,
+            next_offset=chunk.end_offset,
+            next_row=chunk.last_row + 1,
+            chunk_no=chunk.chunk_no,
+            processed=chunk.processed,
             success=0,
             failed=0,
-            first_row=first_row,
-            done=done,
+            first_row=chunk.first_row,
+            done=chunk.done,
         )
         refused = await self.sink.write_chunk(
-            job_id, rows, mode, checkpoint, dry_run=dry_run, known_rejections=_as_tuples(rejected)
+            chunk.job_id,
+            chunk.rows,
+            chunk.mode,
+            checkpoint,
+            dry_run=chunk.dry_run,
+            known_rejections=_as_tuples(chunk.rejected),
         )
         return _from_tuples(refused)
 
@@ -144,48 +128,26 @@ class _HttpChunks:
         self.jobs = jobs
 
     async def checkpoint(self, job_id: str) -> ChunkCheckpoint | None:
-        cp = await self.jobs.checkpoint(job_id)
-        if cp is None:
-            return None
-        return ChunkCheckpoint(
-            next_offset=cp.next_offset,
-            next_row=cp.next_row,
-            chunk_no=cp.chunk_no,
-            processed=cp.processed,
-            first_row=cp.first_row,
-            done=cp.done,
-            rejections=list(cp.rejections),
-        )
+        return await self.jobs.checkpoint(job_id)
 
-    async def write_chunk(
-        self,
-        job_id: str,
-        chunk_no: int,
-        first_row: int,
-        last_row: int,
-        end_offset: int,
-        rows: Sequence[tuple[int, tuple[Any, ...]]],
-        rejected: Sequence[RowRejection],
-        mode: ImportMode,
-        processed: int,
-        *,
-        done: bool,
-        dry_run: bool,
-    ) -> list[RowRejection]:
-        refused = (
-            _from_tuples(await self.sink.write_chunk(job_id, chunk_no, rows, mode, dry_run)) if rows else []
-        )
-        if not dry_run:
+    async def write_chunk(self, chunk: ChunkWrite) -> list[RowRejection]:
+        refused = []
+        if chunk.rows:
+            sent = await self.sink.write_chunk(
+                chunk.job_id, chunk.chunk_no, chunk.rows, chunk.mode, chunk.dry_run
+            )
+            refused = _from_tuples(sent)
+        if not chunk.dry_run:
             await self.jobs.save_checkpoint(
-                job_id,
+                chunk.job_id,
                 JobCheckpoint(
-                    next_offset=end_offset,
-                    next_row=last_row + 1,
-                    chunk_no=chunk_no,
-                    processed=processed,
-                    first_row=first_row,
-                    done=done,
-                    rejections=sorted([*rejected, *refused], key=lambda r: r.row_no),
+                    next_offset=chunk.end_offset,
+                    next_row=chunk.last_row + 1,
+                    chunk_no=chunk.chunk_no,
+                    processed=chunk.processed,
+                    first_row=chunk.first_row,
+                    done=chunk.done,
+                    rejections=sorted([*chunk.rejected, *refused], key=lambda r: r.row_no),
                 ),
             )
         return refused
