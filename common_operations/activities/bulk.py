@@ -558,57 +558,55 @@ class _ImportJob:
         header = [*src.header, *RESULT_COLUMNS]
         stem = src.name.rsplit(".", 1)[0] if "." in src.name else src.name
         name = f"{stem}.result.{ext}"
-        rejections = self.ctx.jobs.rejections(self.inp.task_id)
-        pending: RowRejection | None = None
-        exhausted = False
+        width = len(src.header)
+        any_failed = self.counts.failed > 0
         written = 0
 
-        async def rejection_for(row_no: int) -> RowRejection | None:
-            nonlocal pending, exhausted
-            while not exhausted and (pending is None or pending.row_no < row_no):
-                try:
-                    pending = await rejections.__anext__()
-                except StopAsyncIteration:
-                    exhausted, pending = True, None
-            return pending if pending is not None and pending.row_no == row_no else None
+        def lines_of(batch: list[SourceRow], rejected: dict[int, RowRejection]) -> list[list[Any]]:
+            lines: list[list[Any]] = []
+            for row in batch:
+                values = row.values if len(row.values) == width else [*row.values, *[None] * width][:width]
+                rej = rejected.get(row.row_no)
+                if rej is None:
+                    lines.append([*values, "ok", None, None, None])
+                else:
+                    lines.append([*values, "failed", rej.code, rej.field, rej.message])
+            return lines
 
         async with _OpenWrite(self.ctx.storage.open_write(key, content_type=CONTENT_TYPES[ext])) as out:
             writer = await _thread(open_writer, ext, _WriterIO(out), header)
             with self.ctx.storage.open_read(src.key, src.data_offset) as stream:
                 rows = src.rows(stream, src.data_offset, 1)
                 last_row = self.counts.processed
+                seen = 0
 
                 def take(n: int = 5000) -> list[SourceRow]:
                     # Never pulls a row past the last one imported: a job stopped by a bad row
                     # (e.g. a field too large) must not meet it again here.
-                    out_rows: list[SourceRow] = []
-                    if last_row < 1 or (out_rows_seen[0] >= last_row):
-                        return out_rows
+                    nonlocal seen
+                    batch: list[SourceRow] = []
+                    if last_row < 1 or seen >= last_row:
+                        return batch
                     for row in rows:
-                        out_rows.append(row)
-                        out_rows_seen[0] = row.row_no
-                        if row.row_no >= last_row or len(out_rows) >= n:
+                        batch.append(row)
+                        seen = row.row_no
+                        if row.row_no >= last_row or len(batch) >= n:
                             break
-                    return out_rows
-
-                out_rows_seen = [0]
+                    return batch
 
                 while batch := await _thread(take):
-                    lines = []
-                    for row in batch:
-                        rej = await rejection_for(row.row_no)
-                        values = list(row.values) + [None] * (len(src.header) - len(row.values))
-                        if rej is None:
-                            lines.append([*values[: len(src.header)], "ok", None, None, None])
-                        else:
-                            lines.append(
-                                [*values[: len(src.header)], "failed", rej.code, rej.field, rej.message]
-                            )
-                    await _thread(_write_rows, writer, lines)
-                    written += len(lines)
+                    # One query per batch for its rejected rows (none at all when no row failed).
+                    rejected = (
+                        await self.ctx.jobs.rejections_between(
+                            self.inp.task_id, batch[0].row_no, batch[-1].row_no
+                        )
+                        if any_failed
+                        else {}
+                    )
+                    await _thread(_write_rows, writer, lines_of(batch, rejected))
+                    written += len(batch)
                     activity.heartbeat(list(self.counts.as_tuple()))
             await _thread(writer.close)
-        await rejections.aclose()
         return {
             "result": {
                 "key": key,

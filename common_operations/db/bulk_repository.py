@@ -117,6 +117,19 @@ class BulkRepository:
         """Forget every recorded rejection of a task (a job starting over from its first row)."""
         await self._pool.execute("DELETE FROM task_row_results WHERE task_id = $1", uuid.UUID(task_id))
 
+    async def rejections_between(
+        self, task_id: str, first_row: int, last_row: int
+    ) -> dict[int, RowRejection]:
+        """The task's rejected rows from ``first_row`` to ``last_row``, by row number."""
+        rows = await self._pool.fetch(
+            "SELECT row_no, code, field, message FROM task_row_results"
+            " WHERE task_id = $1 AND row_no BETWEEN $2 AND $3",
+            uuid.UUID(task_id),
+            first_row,
+            last_row,
+        )
+        return {r["row_no"]: RowRejection(r["row_no"], r["code"], r["field"], r["message"]) for r in rows}
+
     async def rejections(self, task_id: str, *, batch: int = 5000) -> AsyncGenerator[RowRejection]:
         """The task's rejected rows in row order, streamed (a server-side cursor)."""
         async with self._pool.acquire() as conn, conn.transaction():

@@ -41,6 +41,8 @@ from common_operations.domain.entities import (
 )
 
 CHECKPOINT_TABLE = "co_import_checkpoints"
+# One encoder for every JSON value of an import: json.dumps with options builds a new one per call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 _PG_TYPES = {
     FieldType.STRING: "text",
@@ -225,7 +227,7 @@ class PostgresSink:
                 converted = list(values)
                 for i in json_positions:
                     if converted[i] is not None:
-                        converted[i] = json.dumps(converted[i], separators=(",", ":"), ensure_ascii=False)
+                        converted[i] = _encode_json(converted[i])
                 values = tuple(converted)
             records.append((row_no, *values))
         records.sort(key=lambda r: r[0])
