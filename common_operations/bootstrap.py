@@ -104,6 +104,8 @@ async def open_runtime(
             settings.bulk.databases,
             bulk_jobs,
             breaker_reset_after=settings.bulk.breaker_reset_after,
+            client=client,
+            task_queue=settings.temporal.task_queue,
         )
         bulk = BulkService(storage, settings.storage, entities)
         yield Runtime(

@@ -21,6 +21,7 @@ from common_operations.domain.workflow_types import ReconcilerState, reconciler_
 from common_operations.services.retention import ensure_retention_schedule
 from common_operations.workflows.reconciler_workflow import ReconcilerWorkflow
 from common_operations.workflows.retention_workflow import RetentionJob
+from common_operations.workflows.sink_batch_workflow import SinkBatchWorkflow
 from common_operations.workflows.task_workflow import TaskWorkflow
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
     return Worker(
         runtime.client,
         task_queue=task_queue or runtime.settings.temporal.task_queue,
-        workflows=[TaskWorkflow, ReconcilerWorkflow, RetentionJob],
+        workflows=[TaskWorkflow, ReconcilerWorkflow, RetentionJob, SinkBatchWorkflow],
         activities=[
             mirror.mirror_task_state,
             reconcile.reconcile_tasks,

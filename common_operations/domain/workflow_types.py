@@ -32,6 +32,9 @@ PROGRESS_QUERY = "progress"
 RECONCILER_STATUS_QUERY = "status"
 REPORT_PROGRESS_UPDATE = "report_progress"
 RETRY_NOW_UPDATE = "retry_now"
+# A ``temporal`` entity sink: the import activity starts SINK_BATCH_WORKFLOW_TYPE on the service's
+# own queue for each batch, and that workflow runs the owning service's activity on its queue.
+SINK_BATCH_WORKFLOW_TYPE = "SinkBatch"
 
 SA_TASK_TYPE = "TaskType"
 SA_ENTITY_TYPE = "EntityType"
@@ -394,3 +397,52 @@ class RetentionInput:
     task_id: str
     days: float | None = None
     batch: int = 500
+
+
+def sink_batch_workflow_id(job_id: str, chunk_no: int, part: int) -> str:
+    """The one batch workflow of part ``part`` of an import chunk (a chunk sent again reuses it)."""
+    return f"sink-batch-{job_id}-{chunk_no}-{part}"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBatchInput:
+    """One batch of an import into a ``temporal`` sink: whose activity takes it, and its rows.
+
+    The owning service's activity (``activity`` on ``task_queue``) receives one argument, the
+    ``http`` sink's body: ``{"entityType", "mode", "dryRun", "rows": [{"row": n, "data": {...}}]}``
+    (a dict, or a dataclass of those fields), where ``data`` holds JSON values (decimals as
+    strings, dates and datetimes in ISO 8601). It returns ``{"results": [{"row": n, "ok": bool,
+    "code"?, "field"?, "message"?}]}`` with a result for every row (e.g. a :class:`SinkBatchOutput`).
+    Raising fails the batch: it is retried, then the import's attempt fails with the message.
+    """
+
+    task_queue: str
+    activity: str
+    entity_type: str
+    mode: str
+    dry_run: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBatchRowResult:
+    """The owner's verdict on one row; ``code``, ``field`` and ``message`` explain a refusal."""
+
+    row: int
+    ok: bool
+    code: str | None = None
+    field: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBatchOutput:
+    """What the owner's activity returns: one result per row sent.
+
+    The batch workflow passes the activity's answer on undecoded, so an owner may equally return
+    a plain dict of this shape, and a malformed answer is reported by the import, not stuck in
+    the workflow.
+    """
+
+    results: list[SinkBatchRowResult] = field(default_factory=list)

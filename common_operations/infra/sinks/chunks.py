@@ -3,8 +3,9 @@
 A chunk's rows, its checkpoint and the rejections of its rows are committed together: in the sink's
 own transaction for a ``postgres`` sink, in the service database after the sink answered for an
 ``http`` sink (whose writes carry an idempotency key per chunk, so a chunk sent again after a crash
-is recognised by the owning service). The rejections kept with the checkpoint repair the service
-database's row results if a crash came between the two.
+is recognised by the owning service) or a ``temporal`` sink (one workflow per batch, under an id
+derived from the chunk, so a chunk sent again finds the batch's earlier result). The rejections kept
+with the checkpoint repair the service database's row results if a crash came between the two.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any, Protocol
 
 import asyncpg
 import httpx
+from temporalio.client import Client
 
 from common_operations.db.bulk_repository import BulkRepository, JobCheckpoint, RowRejection
-from common_operations.domain.entities import EntitySpec, FieldSpec, Filter, ImportMode
+from common_operations.domain.entities import EntitySpec, FieldSpec, Filter, ImportMode, Rejection
 from common_operations.infra.sinks.http import CircuitBreaker, HttpSink, HttpSource
 from common_operations.infra.sinks.postgres import (
     Checkpoint,
@@ -26,6 +28,7 @@ from common_operations.infra.sinks.postgres import (
     database_url_for,
     ensure_database,
 )
+from common_operations.infra.sinks.temporal_sink import TemporalSink
 
 # Where a job resumes, and the rejections of the chunk committed last (one shape for every sink).
 ChunkCheckpoint = JobCheckpoint
@@ -122,8 +125,25 @@ class _PostgresChunks:
         return _from_tuples(refused)
 
 
-class _HttpChunks:
-    def __init__(self, sink: HttpSink, jobs: BulkRepository) -> None:
+class RemoteWriter(Protocol):
+    """A sink owned by another service (``http``, ``temporal``): it applies rows and answers per row."""
+
+    async def write_chunk(
+        self,
+        job_id: str,
+        chunk_no: int,
+        rows: Sequence[tuple[int, tuple[Any, ...]]],
+        mode: ImportMode,
+        dry_run: bool = False,
+    ) -> list[Rejection]:
+        """Apply one chunk (recognising one sent before); the rows refused."""
+        ...
+
+
+class _RemoteChunks:
+    """A remote sink's chunks, with the checkpoints and rejections kept in the service database."""
+
+    def __init__(self, sink: RemoteWriter, jobs: BulkRepository) -> None:
         self.sink = sink
         self.jobs = jobs
 
@@ -187,9 +207,17 @@ class SinkRegistry:
         jobs: BulkRepository,
         *,
         breaker_reset_after: float = 30.0,
+        client: Client | None = None,
+        task_queue: str | None = None,
     ) -> None:
-        """Open pools for ``databases`` (by name; an empty URL is the service's own server)."""
+        """Open pools for ``databases`` (by name; an empty URL is the service's own server).
+
+        ``client`` and ``task_queue`` (the service's Temporal client and task queue, where a
+        ``temporal`` sink's batch workflows run) are needed for imports into ``temporal`` sinks only.
+        """
         self._breaker_reset_after = breaker_reset_after
+        self._temporal = client
+        self._task_queue = task_queue
         self._service_url = service_url
         self._databases = databases
         self._jobs = jobs
@@ -227,7 +255,7 @@ class SinkRegistry:
         """Where ``entity``'s imported rows (with ``fields``) go.
 
         Raises:
-            ValueError: the entity's sink cannot take imports (e.g. ``temporal``, not built yet).
+            ValueError: the entity's sink cannot take imports (e.g. ``temporal`` without a client).
         """
         kind = entity.sink.kind
         if kind == "postgres" and entity.sink.database:
@@ -235,8 +263,17 @@ class SinkRegistry:
             await sink.ensure_table()
             return _PostgresChunks(sink)
         if kind == "http":
-            return _HttpChunks(
+            return _RemoteChunks(
                 HttpSink(entity, self._client(), breaker=self._breaker(entity), fields=fields), self._jobs
+            )
+        if kind == "temporal":
+            if self._temporal is None or not self._task_queue:
+                raise ValueError(
+                    f"entity {entity.name!r}: imports into a 'temporal' sink need the service's Temporal "
+                    "client and task queue (SinkRegistry(client=..., task_queue=...))"
+                )
+            return _RemoteChunks(
+                TemporalSink(entity, self._temporal, self._task_queue, fields=fields), self._jobs
             )
         raise ValueError(f"entity {entity.name!r}: imports into a {kind!r} sink are not supported")
 
@@ -253,6 +290,11 @@ class SinkRegistry:
             return _PostgresRows(sink)
         if kind == "http":
             return _HttpRows(HttpSource(entity, self._client()), entity.fields)
+        if kind == "temporal":
+            raise ValueError(
+                "exports from a 'temporal' sink are not supported; "
+                "declare export_url (http) or a postgres sink"
+            )
         raise ValueError(f"entity {entity.name!r}: exports from a {kind!r} sink are not supported")
 
     async def close(self) -> None:
