@@ -207,6 +207,7 @@ async def test_dry_run_validates_and_writes_nothing(runtime: Runtime, worker: Wo
 async def test_export_writes_the_filtered_rows_with_a_manifest(runtime: Runtime, worker: Worker) -> None:
     category = f"cat-{uuid.uuid4().hex[:8]}"
     skus = sorted(sku() for _ in range(25))
+    await runtime.sinks.ensure_tables(runtime.entities)
     conn = await commerce(runtime)
     try:
         await conn.executemany(
