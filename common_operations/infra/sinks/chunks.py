@@ -11,7 +11,7 @@ with the checkpoint repair the service database's row results if a crash came be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -180,6 +180,9 @@ class _PostgresRows:
 
     async def count(self, filters: Sequence[Filter]) -> int:
         return await self.sink.count(filters)
+
+    async def copy_csv(self, filters: Sequence[Filter], output: Callable[[bytes], Awaitable[None]]) -> int:
+        return await self.sink.copy_csv(filters, output)
 
     def stream(self, filters: Sequence[Filter], *, batch_rows: int) -> AsyncGenerator[list[tuple[Any, ...]]]:
         return self.sink.stream(filters, batch_rows=batch_rows)
