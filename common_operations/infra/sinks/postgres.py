@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import operator
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,8 @@ class PostgresSink:
         self.export_fields: tuple[FieldSpec, ...] = entity.fields
         self._keys = tuple(quote_ident(f.column) for f in entity.key_fields)
         self._key_positions = tuple(self.fields.index(f) for f in entity.key_fields)
+        # The key of a row tuple (a scalar for a one-field key): itemgetter is the fastest way.
+        self._key_of = operator.itemgetter(*self._key_positions)
         self._columns = tuple(quote_ident(f.column) for f in self.fields)
         self._updates = tuple(quote_ident(f.column) for f in self.fields if not f.key)
         # The file lacks some required columns: an upsert must not propose incomplete rows for keys
@@ -203,25 +206,31 @@ class PostgresSink:
         self, rows: Sequence[tuple[int, tuple[Any, ...]]], mode: ImportMode
     ) -> tuple[list[tuple[Any, ...]], list[Rejection]]:
         """Staging records (one per key) and the rows rejected as repeats within the chunk."""
-        positions = self._key_positions
-        chosen: dict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = {}
+        key_of = self._key_of
+        chosen: dict[Any, tuple[int, tuple[Any, ...]]] = {}
         rejected: list[Rejection] = []
+        insert = mode == "insert"
         for row_no, values in rows:
-            key = tuple(values[i] for i in positions)
+            key = key_of(values)
+            if not insert:
+                chosen[key] = (row_no, values)
+                continue
             earlier = chosen.get(key)
-            if earlier is None or mode != "insert":
+            if earlier is None:
                 chosen[key] = (row_no, values)
             else:
+                shown = key if isinstance(key, tuple) else (key,)
                 rejected.append(
                     (
                         row_no,
                         "DUPLICATE_KEY",
                         None,
-                        f"key {self._key_text(key)} is already in row {earlier[0]}",
+                        f"key {self._key_text(shown)} is already in row {earlier[0]}",
                     )
                 )
         json_positions = self._json_positions
         records: list[tuple[Any, ...]] = []
+        append = records.append
         for row_no, values in chosen.values():
             if json_positions:
                 converted = list(values)
@@ -229,8 +238,10 @@ class PostgresSink:
                     if converted[i] is not None:
                         converted[i] = _encode_json(converted[i])
                 values = tuple(converted)
-            records.append((row_no, *values))
-        records.sort(key=lambda r: r[0])
+            append((row_no, *values))
+        if len(chosen) != len(rows):
+            # A repeated key keeps its first place in the dict but takes a later row: reorder.
+            records.sort(key=lambda r: r[0])
         return records, rejected
 
     def _key_text(self, key: tuple[Any, ...]) -> str:
