@@ -163,6 +163,10 @@ class TaskWorkflow:
         self._sa_progress = int(self._counts.percentage)
         # What a stopped bulk job said it left behind (recorded with the cancellation).
         self._stop_note = ""
+        # A run started to retry a failed task is pending from the caller's point of view as soon
+        # as RetryTask answered, though its first task has yet to record the retry: a report that
+        # arrives first waits for that instead of being refused as "task is failed".
+        self._retry_pending = inp.retry_message is not None
 
     @workflow.run
     async def run(self, inp: TaskWorkflowInput) -> ProgressSnapshot:
@@ -238,6 +242,7 @@ class TaskWorkflow:
         report_id = self._update_id()
         if report_id in self._recent_set:
             return self.progress()
+        await workflow.wait_condition(lambda: not self._retry_pending or bool(self._fenced))
         async with self._lock:
             try:
                 self._check_report(report)
@@ -303,7 +308,7 @@ class TaskWorkflow:
     def _check_report(self, report: ProgressReport) -> None:
         if self._fenced:
             raise InvalidTransition("this run no longer owns the task")
-        ensure_accepts_reports(self._status)
+        ensure_accepts_reports(TaskStatus.PENDING if self._retry_pending else self._status)
         if self._inp.handler.kind.is_bulk or self._inp.handler.kind is HandlerKind.RETENTION:
             raise InvalidTransition(
                 f"a built-in {self._inp.handler.kind.value} task reports its own progress; "
@@ -673,6 +678,7 @@ class TaskWorkflow:
         self._s.attempt_deadline = None
         self._s.last_report_at = workflow.now()
         self._retry_now = False
+        self._retry_pending = False
         await self._transition(
             TaskStatus.PENDING,
             "task.retried",
@@ -685,6 +691,7 @@ class TaskWorkflow:
         Returns:
             False if the task had already ended (the cancellation came too late to matter).
         """
+        self._retry_pending = False  # no retry will begin: a waiting report is refused now
         async with self._lock:
             if self._fenced or (self._status.is_closed and self._s.next_retry_at is None):
                 return False

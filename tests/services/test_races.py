@@ -22,6 +22,8 @@ from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import CreateTask, PageRequest, ProgressReport, Task
 from common_operations.domain.workflow_types import TaskWorkflowInput, workflow_id_for
 from common_operations.services.reconciler import Reconciler
+from common_operations.services.runs import workflow_input
+from common_operations.worker import build_worker
 from tests.helpers import assert_eventually
 
 WHO = Principal("race-test")
@@ -202,3 +204,33 @@ async def test_two_retries_at_once_retry_once(runtime: Runtime, worker: Worker) 
     await assert_consistent(runtime, task.id)
     events = [e.event_type for e in (await svc.task_events(WHO, task.id, PageRequest())).items]
     assert events.count("task.retried") == 1
+
+
+async def test_a_report_reaching_a_retry_run_before_its_first_task_waits_for_the_retry(
+    runtime: Runtime,
+) -> None:
+    """RetryTask answered, the new run not yet picked up by a worker, and a report already sent:
+    the report is applied once the run has recorded the retry (it was refused as "task is failed")."""
+    svc = runtime.tasks
+    async with build_worker(runtime):
+        task = await svc.create_task(WHO, CreateTask(task_type="process", entity_type="e", requested_by=""))
+        await svc.update_progress(WHO, task.id, ProgressReport(processed_records=1))
+        await svc.update_progress(WHO, task.id, ProgressReport(is_completed=True, error_message="boom"))
+        failed = await assert_eventually(
+            lambda: svc.get_task(WHO, task.id), lambda t: t.status is TaskStatus.FAILED and t.completed_at
+        )
+        await assert_eventually(
+            lambda: _runs(runtime, task.id),
+            lambda runs: runs[-1] is not None and runs[-1] != WorkflowExecutionStatus.RUNNING,
+        )
+    # No worker now: the retry's run waits for its first task, and the report's Update with it.
+    await runtime.workflows.start(
+        workflow_input(failed, runtime.settings.operations, retry_message="by test"), new_attempt=True
+    )
+    report = asyncio.create_task(
+        runtime.workflows.report_progress(str(task.id), ProgressReport(processed_records=3, total_records=10))
+    )
+    await asyncio.sleep(0.5)
+    async with build_worker(runtime):
+        snapshot = await asyncio.wait_for(report, 30)
+        assert (snapshot.status, snapshot.processed_records, snapshot.retry_count) == ("processing", 3, 1)
