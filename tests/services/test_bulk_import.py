@@ -213,7 +213,10 @@ async def test_export_writes_the_filtered_rows_with_a_manifest(runtime: Runtime,
         await conn.executemany(
             "INSERT INTO products (sku, name, price, currency, category, active)"
             " VALUES ($1, $2, 1.5, 'EUR', $3, true)",
-            [(s, f"=cmd|' /C calc'!A{i}", category) for i, s in enumerate(skus)],
+            [
+                (s, ["=cmd|' /C calc'!A", "+1", "-2", "@x", "\tt", "\rr"][i % 6] + str(i), category)
+                for i, s in enumerate(skus)
+            ],
         )
     finally:
         await conn.close()
@@ -236,7 +239,7 @@ async def test_export_writes_the_filtered_rows_with_a_manifest(runtime: Runtime,
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     rows = list(csv.DictReader(io.StringIO(data.decode())))
     assert [r["sku"] for r in rows] == skus
-    assert all(r["name"].startswith("'=") for r in rows)  # a spreadsheet would have run it
+    assert all(r["name"].startswith("'") for r in rows)  # a spreadsheet would have run them
     url = await runtime.tasks.download_url(ADMIN, task.id)
     assert url.file_name and url.file_name.endswith(".csv")
 

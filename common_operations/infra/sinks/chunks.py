@@ -179,7 +179,7 @@ class _PostgresRows:
         self.fields: Sequence[FieldSpec] = sink.export_fields
 
     async def count(self, filters: Sequence[Filter]) -> int:
-        return await self.sink.count(filters)
+        return await self.sink.estimate(filters)
 
     async def copy_csv(self, filters: Sequence[Filter], output: Callable[[bytes], Awaitable[None]]) -> int:
         return await self.sink.copy_csv(filters, output)

@@ -459,6 +459,16 @@ class PostgresSink:
         value = await self.pool.fetchval(f"SELECT count(*) FROM {self._source}{where}", *args)
         return int(value)
 
+    async def estimate(self, filters: Sequence[Filter]) -> int:
+        """The planner's estimate of the rows ``filters`` select.
+
+        An export's progress needs no exact total up front, and counting costs a scan of its own.
+        """
+        where, args = self._where(filters)
+        plan = await self.pool.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self._source}{where}", *args)
+        loaded = json.loads(plan) if isinstance(plan, str) else plan
+        return int(loaded[0]["Plan"]["Plan Rows"])
+
     async def stream(
         self, filters: Sequence[Filter], *, batch_rows: int = 5000
     ) -> AsyncGenerator[list[tuple[Any, ...]]]:
@@ -526,7 +536,8 @@ def _csv_expression(field: FieldSpec, neutralize: bool) -> str:
         return f"to_json({column}) #>> '{{}}'"
     if field.type in (FieldType.STRING, FieldType.ENUM) and neutralize:
         # The characters that start a formula: = + - @, tab, carriage return.
-        return f"CASE WHEN {column} ~ '^[=+@\\t\\r-]' THEN '''' || {column} ELSE {column} END"
+        starts = "('=', '+', '-', '@', E'\\t', E'\\r')"
+        return f"CASE WHEN left({column}, 1) IN {starts} THEN '''' || {column} ELSE {column} END"
     return column
 
 
