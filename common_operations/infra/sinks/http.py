@@ -21,7 +21,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -331,24 +331,35 @@ class HttpSink:
             headers={"Content-Type": "application/json", "Idempotency-Key": key},
         )
         results = _results(response, self.url)
-        sent = [row_no for row_no, _ in rows]
-        missing = [n for n in sent if n not in results]
-        if missing:
-            shown = ", ".join(str(n) for n in missing[:10]) + (" …" if len(missing) > 10 else "")
-            raise SinkRejected(
-                f"POST {self.url} answered without a result for {len(missing)} row(s): {shown}",
-                missing=missing[:100],
-            )
-        rejected: list[Rejection] = []
-        for row_no in sent:
-            result = results[row_no]
-            if result.get("ok") is True:
-                continue
-            code = str(result.get("code") or "REJECTED")
-            field = result.get("field")
-            message = str(result.get("message") or "rejected by the sink")
-            rejected.append((row_no, code, str(field) if field is not None else None, message))
-        return rejected
+        return per_row_rejections(f"POST {self.url}", rows, results)
+
+
+def per_row_rejections(
+    where: str, rows: Sequence[tuple[int, Any]], results: Mapping[int, Mapping[str, Any]]
+) -> list[Rejection]:
+    """The rows a sink refused, from its per-row ``results``; every row sent must have one.
+
+    Raises:
+        SinkRejected: the answer lacks a result for some row.
+    """
+    sent = [row_no for row_no, _ in rows]
+    missing = [n for n in sent if n not in results]
+    if missing:
+        shown = ", ".join(str(n) for n in missing[:10]) + (" …" if len(missing) > 10 else "")
+        raise SinkRejected(
+            f"{where} answered without a result for {len(missing)} row(s): {shown}",
+            missing=missing[:100],
+        )
+    rejected: list[Rejection] = []
+    for row_no in sent:
+        result = results[row_no]
+        if result.get("ok") is True:
+            continue
+        code = str(result.get("code") or "REJECTED")
+        field = result.get("field")
+        message = str(result.get("message") or "rejected by the sink")
+        rejected.append((row_no, code, str(field) if field is not None else None, message))
+    return rejected
 
 
 def _results(response: httpx.Response, url: str) -> dict[int, dict[str, Any]]:

@@ -35,7 +35,7 @@ from common_operations.domain.workflow_types import (
     SinkBatchInput,
     sink_batch_workflow_id,
 )
-from common_operations.infra.sinks.http import SinkRejected, SinkUnavailable
+from common_operations.infra.sinks.http import SinkRejected, SinkUnavailable, per_row_rejections
 
 DEFAULT_BATCH_SIZE = 500
 # The import activity says it is alive while a batch runs: the owner's retries may take longer than
@@ -169,21 +169,4 @@ class TemporalSink:
             if not isinstance(item, dict) or isinstance(row, bool) or not isinstance(row, int):
                 raise SinkRejected(f"{where} answered a malformed result {quoted(item)}")
             results[row] = item
-        sent = [row_no for row_no, _ in rows]
-        missing = [n for n in sent if n not in results]
-        if missing:
-            shown = ", ".join(str(n) for n in missing[:10]) + (" …" if len(missing) > 10 else "")
-            raise SinkRejected(
-                f"{where} answered without a result for {len(missing)} row(s): {shown}",
-                missing=missing[:100],
-            )
-        rejected: list[Rejection] = []
-        for row_no in sent:
-            result = results[row_no]
-            if result.get("ok") is True:
-                continue
-            code = str(result.get("code") or "REJECTED")
-            field = result.get("field")
-            message = str(result.get("message") or "rejected by the sink")
-            rejected.append((row_no, code, str(field) if field is not None else None, message))
-        return rejected
+        return per_row_rejections(where, rows, results)
