@@ -242,7 +242,7 @@ class TaskWorkflow:
         report_id = self._update_id()
         if report_id in self._recent_set:
             return self.progress()
-        await workflow.wait_condition(lambda: not self._retry_pending or bool(self._fenced))
+        await workflow.wait_condition(self._settled)
         async with self._lock:
             try:
                 self._check_report(report)
@@ -305,10 +305,30 @@ class TaskWorkflow:
         self._recent.append(report_id)
         self._recent_set.add(report_id)
 
+    def _status_for_reports(self) -> TaskStatus:
+        """The status a report is judged by: pending where the caller already sees it pending.
+
+        A retry's run is pending once RetryTask answered, and a scheduled task once its time has
+        come, though the run may not have recorded either yet: its worker may have died after the
+        mirror write, and the report then arrives in the same activation as the timer or the start.
+        """
+        if self._retry_pending:
+            return TaskStatus.PENDING
+        due = self._inp.scheduled_at
+        if self._status is TaskStatus.SCHEDULED and due is not None and workflow.now() >= due:
+            return TaskStatus.PENDING
+        return self._status
+
+    def _settled(self) -> bool:
+        """Whether a report may be applied now: the retry or the schedule has been recorded."""
+        if self._fenced or self._status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED):
+            return True
+        return not self._retry_pending and self._status is not TaskStatus.SCHEDULED
+
     def _check_report(self, report: ProgressReport) -> None:
         if self._fenced:
             raise InvalidTransition("this run no longer owns the task")
-        ensure_accepts_reports(TaskStatus.PENDING if self._retry_pending else self._status)
+        ensure_accepts_reports(self._status_for_reports())
         if self._inp.handler.kind.is_bulk or self._inp.handler.kind is HandlerKind.RETENTION:
             raise InvalidTransition(
                 f"a built-in {self._inp.handler.kind.value} task reports its own progress; "

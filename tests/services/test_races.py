@@ -234,3 +234,29 @@ async def test_a_report_reaching_a_retry_run_before_its_first_task_waits_for_the
     async with build_worker(runtime):
         snapshot = await asyncio.wait_for(report, 30)
         assert (snapshot.status, snapshot.processed_records, snapshot.retry_count) == ("processing", 3, 1)
+
+
+async def test_a_report_arriving_with_the_scheduled_time_waits_for_the_task_to_be_pending(
+    runtime: Runtime,
+) -> None:
+    """The scheduled time has come (the API may already show the task pending) and a report arrives
+    in the same workflow activation as the timer: it is applied, not refused as "task is scheduled"."""
+    svc = runtime.tasks
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    async with build_worker(runtime):
+        task = await svc.create_task(
+            WHO, CreateTask(task_type="process", entity_type="e", requested_by="", scheduled_at=due)
+        )
+        assert task.status is TaskStatus.SCHEDULED
+        await assert_eventually(
+            lambda: _runs(runtime, task.id), lambda runs: runs == [WorkflowExecutionStatus.RUNNING]
+        )
+        await asyncio.sleep(0.5)  # the run waits on its timer
+    await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.5)
+    report = asyncio.create_task(
+        runtime.workflows.report_progress(str(task.id), ProgressReport(processed_records=1))
+    )
+    await asyncio.sleep(0.5)
+    async with build_worker(runtime):
+        snapshot = await asyncio.wait_for(report, 30)
+    assert (snapshot.status, snapshot.processed_records) == ("processing", 1)
