@@ -299,7 +299,10 @@ class _ImportJob:
             raise _input_error(err.message, code=err.code) from None
         except HeaderInvalid as err:
             raise _input_error(err.message, code=err.code, **err.details) from None
-        sink = await self.ctx.sinks.chunk_sink(entity, converter.fields)
+        try:
+            sink = await self.ctx.sinks.chunk_sink(entity, converter.fields)
+        except ValueError as err:  # the entity's sink cannot take imports: no retry changes that
+            raise _input_error(str(err)) from None
         offset, next_row = await self._resume(sink, src)
         if next_row is not None:
             try:
@@ -714,7 +717,10 @@ class _ExportJob:
             filters = parse_filters(entity, opts.filters)
         except DomainError as err:
             raise _input_error(err.message) from None
-        source: RowSource = await self.ctx.sinks.row_source(entity)
+        try:
+            source: RowSource = await self.ctx.sinks.row_source(entity)
+        except ValueError as err:  # the entity's sink cannot serve exports
+            raise _input_error(str(err)) from None
         self.counts.total = await source.count(filters)
         await self.counts.report("", force=True)
         fmt = opts.format
