@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
+from common_operations.db.outage import UNAVAILABLE, as_outage
 from common_operations.domain.errors import ServiceUnavailable
 from common_operations.domain.status import ACTIVE_STATUSES, TaskStatus
 from common_operations.domain.task import (
@@ -180,19 +181,6 @@ def event_payload(write: MirrorWrite) -> dict[str, Any]:
     return payload
 
 
-# What asyncpg raises when Postgres cannot serve at all (down, restarting, out of connections), as
-# opposed to a statement's own error: no server on the socket or port, a connection lost on the
-# way, the server shutting down or starting up. A pooled connection the server terminated while it
-# was idle fails its next statement with InternalClientError (MagicStack/asyncpg#1069).
-_UNAVAILABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InternalClientError,
-)
-
-
 class _Pool:
     """The pool's query methods, raising :class:`ServiceUnavailable` (503) while Postgres cannot serve."""
 
@@ -202,30 +190,32 @@ class _Pool:
     async def execute(self, query: str, *args: Any) -> str:
         try:
             return str(await self._pool.execute(query, *args))
-        except _UNAVAILABLE as err:
+        except UNAVAILABLE as err:
             raise _unavailable(err) from err
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
             return list(await self._pool.fetch(query, *args))
-        except _UNAVAILABLE as err:
+        except UNAVAILABLE as err:
             raise _unavailable(err) from err
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         try:
             return await self._pool.fetchrow(query, *args)
-        except _UNAVAILABLE as err:
+        except UNAVAILABLE as err:
             raise _unavailable(err) from err
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         try:
             return await self._pool.fetchval(query, *args)
-        except _UNAVAILABLE as err:
+        except UNAVAILABLE as err:
             raise _unavailable(err) from err
 
 
-def _unavailable(err: Exception) -> ServiceUnavailable:
-    return ServiceUnavailable(f"Postgres cannot be reached right now ({type(err).__name__}); retry shortly")
+def _unavailable(err: BaseException) -> ServiceUnavailable:
+    outage = as_outage(err)
+    assert outage is not None
+    return outage
 
 
 class TaskRepository:
