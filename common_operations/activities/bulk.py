@@ -285,6 +285,8 @@ class _ImportJob:
         # One job per task, across its attempts: a retried import (after a sink outage, say)
         # resumes after its last committed chunk instead of applying those rows again.
         self.job_id = inp.task_id
+        # The next chunk's number (continues after the checkpoint when the job resumes).
+        self._chunk_no = 0
 
     async def run(self) -> BulkJobResult:
         try:
@@ -348,8 +350,6 @@ class _ImportJob:
         if cp.done:
             return cp.next_offset, None
         return cp.next_offset, cp.next_row
-
-    _chunk_no = 0
 
     async def _import_rows(
         self,

@@ -22,6 +22,14 @@ CONTENT_TYPES = {
 RESULT_COLUMNS = ("_status", "_error_code", "_error_field", "_error_message")
 
 Format = Literal["csv", "xlsx", "jsonl"]
+_FORMAT_OF_EXTENSION: dict[str, Format] = {
+    "csv": "csv",
+    "txt": "csv",
+    "tsv": "csv",
+    "xlsx": "xlsx",
+    "jsonl": "jsonl",
+    "ndjson": "jsonl",
+}
 Mode = Literal["upsert", "insert", "update"]
 
 
@@ -67,15 +75,7 @@ def format_of(file_name: str | None) -> Format | None:
     """The format a file name's extension names, if it names one."""
     if not file_name or "." not in file_name:
         return None
-    ext = file_name.rsplit(".", 1)[1].lower()
-    return {
-        "csv": "csv",
-        "txt": "csv",
-        "tsv": "csv",
-        "xlsx": "xlsx",
-        "jsonl": "jsonl",
-        "ndjson": "jsonl",
-    }.get(ext)  # type: ignore[return-value]
+    return _FORMAT_OF_EXTENSION.get(file_name.rsplit(".", 1)[1].lower())
 
 
 def import_options(params: Mapping[str, Any], file_name: str | None = None) -> ImportOptions:
