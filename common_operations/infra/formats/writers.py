@@ -29,6 +29,7 @@ import json
 import math
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -162,9 +163,12 @@ class _BufferedText:
             self._out.write(data.encode("utf-8"))
 
 
-class _ClosingMixin:
+class _ClosingMixin(ABC):
+    """A writer used as a context manager: leaving the block closes it."""
+
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Flush what is buffered and finish the file."""
 
     def __enter__(self) -> Self:
         return self
