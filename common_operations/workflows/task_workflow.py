@@ -274,7 +274,10 @@ class TaskWorkflow:
             return
         try:
             self._check_report(report)
-            apply_report(self._counts, report)
+            if not self._retry_pending:
+                # A retry's counts start again from zero once it is recorded: the handler checks
+                # the report against those, under the lock.
+                apply_report(self._counts, report)
         except DomainError as err:
             raise _rejection(err) from err
 
