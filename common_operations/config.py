@@ -234,6 +234,77 @@ class BulkSettings(BaseModel):
         return value if value.is_absolute() else PROJECT_ROOT / value
 
 
+class EventTopics(BaseModel):
+    """The pub/sub topic of each kind of event (``none``: the kind is not published)."""
+
+    created: str = "operations.task.created"
+    progress: str = "operations.task.progress"
+    completed: str = "operations.task.completed"
+    failed: str = "operations.task.failed"
+    cancelled: str = "operations.task.cancelled"
+    retried: str = "operations.task.retried"
+    settings_changed: str = "settings.changed"
+    messages_changed: str = "messages.changed"
+
+
+class EventSettings(BaseModel):
+    """The outbox relay: task events and settings/messages changes to pub/sub, at least once."""
+
+    # none: events are marked relayed without being sent; dapr: the sidecar's PublishEvent (gRPC);
+    # redis: Redis Streams laid out as Dapr's pubsub.redis component writes them.
+    backend: str = Field("none", pattern="^(none|dapr|redis)$")
+    pubsub_name: str = "pubsub-redis"
+    source: str = Field("common-operations", description="CloudEvents `source` of every event")
+    topics: EventTopics = EventTopics()
+    # redis backend: the Redis to write streams to (null: the service's redis_url).
+    redis_url: str | None = None
+    stream_maxlen: int | None = Field(None, ge=1, description="approximate MAXLEN of each stream")
+    # dapr backend: the sidecar (also read from DAPR_GRPC_ENDPOINT / DAPR_HTTP_ENDPOINT /
+    # DAPR_API_TOKEN); an unset gRPC endpoint is the sidecar's default, 127.0.0.1:50001.
+    dapr_grpc_endpoint: str | None = None
+    dapr_http_endpoint: str | None = None
+    dapr_api_token: str | None = None
+    sweep_interval: float = Field(2.0, gt=0, description="seconds between sweeps of unrelayed events")
+    lease_seconds: float = Field(30.0, gt=0, description="how long a relay holds a stream it publishes")
+    batch_size: int = Field(500, ge=1, le=10_000, description="events one sweep claims at most")
+    publish_timeout: float = Field(5.0, gt=0, description="seconds one publish may take")
+
+
+class WebhookSettings(BaseModel):
+    """Signed POSTs of a task's final state to its ``callbackUrl``."""
+
+    # HMAC-SHA256 key of the signature header (also read from WEBHOOK_SECRET). Unset: a task with a
+    # callbackUrl is refused, since nothing unsigned is ever sent.
+    secret: str | None = None
+    # Loopback, link-local and private addresses are refused unless allowed here.
+    allow_private_addresses: bool = False
+    # Hosts (exact names or IP literals) allowed even when they resolve to a private address.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    timeout: float = Field(10.0, gt=0, description="seconds one delivery attempt may take")
+    retry: RetrySettings = RetrySettings(
+        maximum_attempts=10, initial_interval=1.0, backoff_coefficient=2.0, maximum_interval=300.0
+    )
+
+
+class CacheSettings(BaseModel):
+    """Redis read-through caches (the service works without Redis)."""
+
+    task_ttl: float = Field(300.0, gt=0, description="seconds a cached task snapshot lives")
+    settings_ttl: float = Field(300.0, gt=0, description="seconds a cached settings group lives")
+    messages_ttl: float = Field(300.0, gt=0, description="seconds a cached message lives")
+
+
+class SettingsGroupsSettings(BaseModel):
+    """Where the schemas of the settings groups are declared (one YAML file per group)."""
+
+    schemas_dir: Path = PROJECT_ROOT / "configs" / "settings"
+
+    @field_validator("schemas_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value if value.is_absolute() else PROJECT_ROOT / value
+
+
 class Settings(BaseSettings):
     """All settings of the service."""
 
@@ -248,6 +319,10 @@ class Settings(BaseSettings):
     operations: OperationsSettings = OperationsSettings()
     storage: StorageSettings = StorageSettings()
     bulk: BulkSettings = BulkSettings()
+    events: EventSettings = EventSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    cache: CacheSettings = CacheSettings()
+    settings_groups: SettingsGroupsSettings = SettingsGroupsSettings()
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     temporal_address: str | None = Field(
         None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "temporal_address")
@@ -256,6 +331,10 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "temporal_namespace")
     )
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    dapr_grpc_endpoint: str | None = Field(None, validation_alias=AliasChoices("DAPR_GRPC_ENDPOINT"))
+    dapr_http_endpoint: str | None = Field(None, validation_alias=AliasChoices("DAPR_HTTP_ENDPOINT"))
+    dapr_api_token: str | None = Field(None, validation_alias=AliasChoices("DAPR_API_TOKEN"))
+    webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))
 
     @field_validator("data_dir")
     @classmethod
@@ -283,6 +362,10 @@ class Settings(BaseSettings):
             self.temporal.address = self.temporal_address
         if self.temporal_namespace:
             self.temporal.namespace = self.temporal_namespace
+        self.events.dapr_grpc_endpoint = self.dapr_grpc_endpoint or self.events.dapr_grpc_endpoint
+        self.events.dapr_http_endpoint = self.dapr_http_endpoint or self.events.dapr_http_endpoint
+        self.events.dapr_api_token = self.dapr_api_token or self.events.dapr_api_token
+        self.webhooks.secret = self.webhook_secret or self.webhooks.secret
 
 
 @lru_cache(maxsize=1)

@@ -35,14 +35,15 @@ TASK_COLUMNS = (
     "id, task_type, entity_type, status, priority, requested_by, params, file_name, file_size, "
     "input_file_url, output_file_url, total_records, processed_records, success_records, "
     "failed_records, scheduled_at, started_at, completed_at, error_message, retry_count, "
-    "max_retries, created_at, updated_at, seq, run_id, next_retry_at, owner_run_id, files, source_task_id"
+    "max_retries, created_at, updated_at, seq, run_id, next_retry_at, owner_run_id, files, source_task_id, "
+    "callback_url"
 )
 
 _INSERT_TASK = f"""
 WITH t AS (
   INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
-          0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, 0)
+          0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, $19, 0)
   RETURNING id
 ), e AS (
   INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
@@ -150,6 +151,7 @@ def _task_from_row(row: asyncpg.Record) -> Task:
         owner_run_id=row["owner_run_id"],
         files=_json_object(row["files"]),
         source_task_id=row["source_task_id"],
+        callback_url=row["callback_url"],
     )
 
 
@@ -254,6 +256,7 @@ class TaskRepository:
             message,
             json.dumps(task.files),
             task.source_task_id,
+            task.callback_url,
         )
 
     async def set_run_id(self, task_id: uuid.UUID, run_id: str) -> None:

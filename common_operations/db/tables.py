@@ -60,6 +60,8 @@ class Tasks(Table, tablename="tasks"):
     files = JSONB(default={})
     # The import whose failed rows this task imports again.
     source_task_id = UUID(null=True, default=None)
+    # Where the final state is POSTed, signed (validated against SSRF when the task is created).
+    callback_url = Text(null=True, default=None)
 
 
 class TaskLogs(Table, tablename="task_logs"):
@@ -94,6 +96,8 @@ class Settings(Table, tablename="settings"):
     key = Varchar(length=100, primary_key=True)
     value = JSONB(default={})
     is_public = Boolean(default=False)
+    # Optimistic-concurrency version (the ETag); every change adds one.
+    version = BigInt(default=0)
     updated_by = Varchar(length=255, default="")
     updated_at = Timestamptz(default=TimestamptzNow())
 
@@ -107,16 +111,69 @@ class SettingsAudit(Table, tablename="settings_audit"):
     new_value = JSONB(default={})
     changed_by = Varchar(length=255)
     changed_at = Timestamptz(default=TimestamptzNow())
+    version = BigInt(default=0)
 
 
 class Messages(Table, tablename="messages"):
-    """i18n message templates, unique per ``(key, locale)``."""
+    """i18n message templates: one row per key, its translations by language code."""
 
-    id = BigSerial(primary_key=True)
-    key = Varchar(length=200)
-    locale = Varchar(length=20, default="en")
-    template = Text()
+    key = Varchar(length=255, primary_key=True)
+    category = Varchar(length=100)
+    default_language = Varchar(length=10)
+    # {language code: template}
+    translations = JSONB(default={})
+    # Names of the variables the templates use.
+    variables = JSONB(default=[])
+    # Off: the template opted out of HTML-escaping its variable values.
+    escape_html = Boolean(default=True)
+    version = BigInt(default=1)
+    created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
 
 
-ALL_TABLES: list[type[Table]] = [Tasks, TaskLogs, TaskEvents, Settings, SettingsAudit, Messages]
+class OutboxEvents(Table, tablename="outbox_events"):
+    """Events that are not a task's (settings, messages), relayed like ``task_events``."""
+
+    id = BigSerial(primary_key=True)
+    # Events of one stream are published in order (e.g. ``settings:payment``, ``messages``).
+    stream = Text()
+    # Which topic of ``events.topics`` (e.g. ``settings_changed``).
+    topic_kind = Text()
+    # Deterministic CloudEvents id (consumers deduplicate on it).
+    event_id = Text(unique=True)
+    event_type = Text()
+    subject = Text()
+    data = JSONB(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+    published_at = Timestamptz(null=True, default=None)
+
+
+class OutboxLeases(Table, tablename="outbox_leases"):
+    """A relay's hold on one stream while it publishes it (expires if the relay dies)."""
+
+    stream = Text(primary_key=True)
+    holder = Text()
+    lease_until = Timestamptz()
+
+
+class IdempotencyKeys(Table, tablename="idempotency_keys"):
+    """A CreateTask's ``(principal, key)``, the hash of its body and the task it made."""
+
+    principal = Varchar(length=255)
+    key = Varchar(length=255)
+    request_hash = Text()
+    task_id = ForeignKey(references=Tasks, on_delete=OnDelete.cascade)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+ALL_TABLES: list[type[Table]] = [
+    Tasks,
+    TaskLogs,
+    TaskEvents,
+    Settings,
+    SettingsAudit,
+    Messages,
+    OutboxEvents,
+    OutboxLeases,
+    IdempotencyKeys,
+]

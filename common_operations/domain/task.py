@@ -97,6 +97,8 @@ class Task:
     files: dict[str, Any] = field(default_factory=dict)
     # The import whose failed rows this task imports again.
     source_task_id: uuid.UUID | None = None
+    # Where the final state is POSTed, signed (see services.webhooks).
+    callback_url: str | None = None
     # Only on the answer to CreateTask: where (and until when) the input file may be uploaded.
     upload_url: str | None = None
     upload_url_expires_at: datetime | None = None
@@ -155,6 +157,9 @@ class CreateTask:
     scheduled_at: datetime | None = None
     max_retries: int | None = None  # None: the service's configured default
     content_type: str | None = None
+    callback_url: str | None = None
+    # The caller's key for a retried create: same key and body, same task (not a second one).
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

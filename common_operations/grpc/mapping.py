@@ -125,6 +125,8 @@ def create_task(request: pb.CreateTaskRequest) -> CreateTask:
         if request.HasField("scheduled_at")
         else None,
         content_type=request.content_type if request.HasField("content_type") else None,
+        callback_url=request.callback_url if request.HasField("callback_url") else None,
+        idempotency_key=request.idempotency_key if request.HasField("idempotency_key") else None,
     )
     if request.HasField("max_retries"):
         cmd = replace(cmd, max_retries=request.max_retries)
@@ -224,6 +226,7 @@ def task_to_proto(task: Task) -> pb.Task:
         manifest=_optional_struct(task.manifest),
         source_task_id=str(task.source_task_id) if task.source_task_id else None,
         files_available=[role for role in _FILE_ROLES if isinstance(task.files.get(role), dict)],
+        callback_url=task.callback_url,
     )
 
 

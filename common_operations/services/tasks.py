@@ -155,6 +155,7 @@ class TaskService:
             updated_at=created,
             files=prepared.files,
             source_task_id=source_task_id,
+            callback_url=cmd.callback_url,
         )
         when = f" scheduled for {cmd.scheduled_at.isoformat()}" if scheduled and cmd.scheduled_at else ""
         await self.repository.insert_task(task, f"task created by {principal.subject}{when}")

@@ -71,6 +71,7 @@ def create_command(body: CreateTaskRequest) -> CreateTask:
         scheduled_at=body.scheduled_at,
         max_retries=body.max_retries,  # None: the service's configured default
         content_type=body.content_type,
+        callback_url=body.callback_url,
     )
 
 
@@ -121,6 +122,7 @@ def task_out(task: Task) -> TaskOut:
         manifest=task.manifest,
         source_task_id=task.source_task_id,
         files_available=[k for k in ("output", "result", "input") if isinstance(task.files.get(k), dict)],
+        callback_url=task.callback_url,
     )
 
 

@@ -51,6 +51,7 @@ class CreateTaskRequest(Schema):
     scheduled_at: datetime | None = None
     max_retries: Int32 | None = None
     content_type: str | None = None
+    callback_url: str | None = None
 
 
 class UpdateProgressRequest(Schema):
@@ -129,6 +130,8 @@ class TaskOut(Schema):
     source_task_id: uuid.UUID | None
     # Which stored files GetDownloadUrl can serve for the task (``file=``): output, result, input.
     files_available: list[str]
+    # Where the final state is POSTed, signed (null: no webhook).
+    callback_url: str | None = None
 
 
 class TaskResponse(Schema):

@@ -75,6 +75,7 @@ class Task(_message.Message):
     MANIFEST_FIELD_NUMBER: _builtins.int
     SOURCE_TASK_ID_FIELD_NUMBER: _builtins.int
     FILES_AVAILABLE_FIELD_NUMBER: _builtins.int
+    CALLBACK_URL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     task_type: _builtins.str
     entity_type: _builtins.str
@@ -101,6 +102,8 @@ class Task(_message.Message):
     max_retries: _builtins.int
     source_task_id: _builtins.str
     """Import of the failed rows of another import (RetryFailedRows): that import's id."""
+    callback_url: _builtins.str
+    """Where the task's final state is POSTed (CreateTaskRequest.callback_url)."""
     @_builtins.property
     def scheduled_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -161,11 +164,14 @@ class Task(_message.Message):
         manifest: _struct_pb2.Struct | None = ...,
         source_task_id: _builtins.str | None = ...,
         files_available: _abc.Iterable[_builtins.str] | None = ...,
+        callback_url: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "file_name", b"file_name", "file_size", b"file_size", "input_file_url", b"input_file_url", "manifest", b"manifest", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params_object", b"params_object", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url", "_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "callback_url", b"callback_url", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "file_name", b"file_name", "file_size", b"file_size", "input_file_url", b"input_file_url", "manifest", b"manifest", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params_object", b"params_object", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "files_available", b"files_available", "id", b"id", "input_file_url", b"input_file_url", "manifest", b"manifest", "max_retries", b"max_retries", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params", b"params", "params_object", b"params_object", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url", "_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "callback_url", b"callback_url", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "files_available", b"files_available", "id", b"id", "input_file_url", b"input_file_url", "manifest", b"manifest", "max_retries", b"max_retries", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params", b"params", "params_object", b"params_object", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__callback_url: _TypeAlias = _typing.Literal["callback_url"]  # noqa: Y015
+    _WhichOneofArgType__callback_url: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url"]  # noqa: Y015
     _WhichOneofReturnType__error_message: _TypeAlias = _typing.Literal["error_message"]  # noqa: Y015
     _WhichOneofArgType__error_message: _TypeAlias = _typing.Literal["_error_message", b"_error_message"]  # noqa: Y015
     _WhichOneofReturnType__file_name: _TypeAlias = _typing.Literal["file_name"]  # noqa: Y015
@@ -178,6 +184,8 @@ class Task(_message.Message):
     _WhichOneofArgType__output_file_url: _TypeAlias = _typing.Literal["_output_file_url", b"_output_file_url"]  # noqa: Y015
     _WhichOneofReturnType__source_task_id: _TypeAlias = _typing.Literal["source_task_id"]  # noqa: Y015
     _WhichOneofArgType__source_task_id: _TypeAlias = _typing.Literal["_source_task_id", b"_source_task_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__callback_url) -> _WhichOneofReturnType__callback_url | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__error_message) -> _WhichOneofReturnType__error_message | None: ...
     @_typing.overload
@@ -209,6 +217,8 @@ class CreateTaskRequest(_message.Message):
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    CALLBACK_URL_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     task_type: _builtins.str
     entity_type: _builtins.str
     requested_by: _builtins.str
@@ -234,6 +244,14 @@ class CreateTaskRequest(_message.Message):
     """Unset: the default (3)."""
     content_type: _builtins.str
     """Media type of the input file (built-in import); unset: derived from file_name."""
+    callback_url: _builtins.str
+    """Where the task's final state is POSTed, signed with HMAC-SHA256 (see the README). http(s) only;
+    loopback, link-local and private addresses are refused unless the service allows them.
+    """
+    idempotency_key: _builtins.str
+    """Same caller + same key + same request: the task made the first time (no second task);
+    same key with another request: ALREADY_EXISTS. The REST API's Idempotency-Key header.
+    """
     @_builtins.property
     def params_object(self) -> _struct_pb2.Struct:
         """The parameters as a Struct."""
@@ -257,27 +275,37 @@ class CreateTaskRequest(_message.Message):
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         max_retries: _builtins.int | None = ...,
         content_type: _builtins.str | None = ...,
+        callback_url: _builtins.str | None = ...,
+        idempotency_key: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "content_type", b"content_type", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "scheduled_at", b"scheduled_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url", "_content_type", b"_content_type", "_file_name", b"_file_name", "_file_size", b"_file_size", "_idempotency_key", b"_idempotency_key", "_max_retries", b"_max_retries", "callback_url", b"callback_url", "content_type", b"content_type", "file_name", b"file_name", "file_size", b"file_size", "idempotency_key", b"idempotency_key", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "scheduled_at", b"scheduled_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_file_name", b"_file_name", "_file_size", b"_file_size", "_max_retries", b"_max_retries", "content_type", b"content_type", "entity_type", b"entity_type", "file_name", b"file_name", "file_size", b"file_size", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "priority", b"priority", "requested_by", b"requested_by", "scheduled_at", b"scheduled_at", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url", "_content_type", b"_content_type", "_file_name", b"_file_name", "_file_size", b"_file_size", "_idempotency_key", b"_idempotency_key", "_max_retries", b"_max_retries", "callback_url", b"callback_url", "content_type", b"content_type", "entity_type", b"entity_type", "file_name", b"file_name", "file_size", b"file_size", "idempotency_key", b"idempotency_key", "max_retries", b"max_retries", "params", b"params", "params_input", b"params_input", "params_json", b"params_json", "params_object", b"params_object", "priority", b"priority", "requested_by", b"requested_by", "scheduled_at", b"scheduled_at", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__callback_url: _TypeAlias = _typing.Literal["callback_url"]  # noqa: Y015
+    _WhichOneofArgType__callback_url: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url"]  # noqa: Y015
     _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
     _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
     _WhichOneofReturnType__file_name: _TypeAlias = _typing.Literal["file_name"]  # noqa: Y015
     _WhichOneofArgType__file_name: _TypeAlias = _typing.Literal["_file_name", b"_file_name"]  # noqa: Y015
     _WhichOneofReturnType__file_size: _TypeAlias = _typing.Literal["file_size"]  # noqa: Y015
     _WhichOneofArgType__file_size: _TypeAlias = _typing.Literal["_file_size", b"_file_size"]  # noqa: Y015
+    _WhichOneofReturnType__idempotency_key: _TypeAlias = _typing.Literal["idempotency_key"]  # noqa: Y015
+    _WhichOneofArgType__idempotency_key: _TypeAlias = _typing.Literal["_idempotency_key", b"_idempotency_key"]  # noqa: Y015
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
     _WhichOneofReturnType_params_input: _TypeAlias = _typing.Literal["params", "params_json", "params_object"]  # noqa: Y015
     _WhichOneofArgType_params_input: _TypeAlias = _typing.Literal["params_input", b"params_input"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__callback_url) -> _WhichOneofReturnType__callback_url | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__file_name) -> _WhichOneofReturnType__file_name | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__file_size) -> _WhichOneofReturnType__file_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotency_key) -> _WhichOneofReturnType__idempotency_key | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
     @_typing.overload
