@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from piccolo.engine.postgres import PostgresEngine
+from redis.asyncio import Redis
 from temporalio.client import Client
 
 from common_operations.activities.bulk import BulkContext
@@ -41,6 +42,8 @@ class Runtime:
     entities: dict[str, EntitySpec]
     bulk_jobs: BulkRepository
     sinks: SinkRegistry
+    # Optional: caches and the redis event backend use it; None when no redis_url is configured.
+    redis: Redis | None = None
 
     def reconciler(self) -> Reconciler:
         """A reconciler over this runtime's mirror and workflows."""
@@ -119,6 +122,7 @@ async def open_runtime(
             entities=entities,
             bulk_jobs=bulk_jobs,
             sinks=sinks,
+            redis=redis,
         )
     finally:
         if sinks is not None:
