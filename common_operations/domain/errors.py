@@ -14,6 +14,7 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"  # 404 / NOT_FOUND
     CONFLICT = "conflict"  # 409 / FAILED_PRECONDITION
     FORBIDDEN = "forbidden"  # 403 / PERMISSION_DENIED
+    PRECONDITION = "precondition"  # 412 / FAILED_PRECONDITION
     UNAVAILABLE = "unavailable"  # 503 / UNAVAILABLE
     EXHAUSTED = "exhausted"  # 429 + Retry-After / RESOURCE_EXHAUSTED
     TOO_LARGE = "too_large"  # 413 / RESOURCE_EXHAUSTED
@@ -93,6 +94,27 @@ class PermissionDenied(DomainError):
 
     code = "PERMISSION_DENIED"
     kind = ErrorKind.FORBIDDEN
+
+
+class PreconditionFailed(DomainError):
+    """A conditional change (``If-Match``) named a version that is no longer the current one."""
+
+    code = "PRECONDITION_FAILED"
+    kind = ErrorKind.PRECONDITION
+
+
+class SettingsGroupNotFound(DomainError):
+    """No settings group of that name is declared."""
+
+    code = "SETTINGS_GROUP_NOT_FOUND"
+    kind = ErrorKind.NOT_FOUND
+
+
+class MessageNotFound(DomainError):
+    """No message template has the given key."""
+
+    code = "MESSAGE_NOT_FOUND"
+    kind = ErrorKind.NOT_FOUND
 
 
 class ServiceUnavailable(DomainError):
