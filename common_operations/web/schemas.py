@@ -131,7 +131,7 @@ class TaskOut(Schema):
     # Which stored files GetDownloadUrl can serve for the task (``file=``): output, result, input.
     files_available: list[str]
     # Where the final state is POSTed, signed (null: no webhook).
-    callback_url: str | None = None
+    callback_url: str | None
 
 
 class TaskResponse(Schema):

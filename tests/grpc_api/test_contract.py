@@ -55,6 +55,7 @@ FIELDS: dict[str, list[tuple[str, int, str, str]]] = {
         ("manifest", 27, STRUCT, ""),
         ("source_task_id", 28, "string", "optional"),
         ("files_available", 29, "string", "repeated"),
+        ("callback_url", 30, "string", "optional"),
     ],
     "CreateTaskRequest": [
         ("task_type", 1, "string", ""),
@@ -69,6 +70,8 @@ FIELDS: dict[str, list[tuple[str, int, str, str]]] = {
         ("scheduled_at", 9, TS, ""),
         ("max_retries", 10, "int32", "optional"),
         ("content_type", 12, "string", "optional"),
+        ("callback_url", 13, "string", "optional"),
+        ("idempotency_key", 14, "string", "optional"),
     ],
     "CreateTaskResponse": [
         ("task", 1, T, ""),

@@ -22,7 +22,7 @@ TASK_KEYS = {
     "fileName", "fileSize", "inputFileUrl", "outputFileUrl", "totalRecords", "processedRecords",
     "successRecords", "failedRecords", "progressPercentage", "scheduledAt", "startedAt", "completedAt",
     "errorMessage", "retryCount", "maxRetries", "createdAt", "updatedAt", "nextRetryAt", "manifest",
-    "sourceTaskId", "filesAvailable",
+    "sourceTaskId", "filesAvailable", "callbackUrl",
 }  # fmt: skip
 LOG_KEYS = {"id", "taskId", "seq", "level", "message", "details", "createdAt"}
 EVENT_KEYS = {
@@ -81,7 +81,7 @@ COMPONENTS: dict[str, set[str]] = {
     "TaskEventOut": EVENT_KEYS,
     "CreateTaskRequest": {
         "taskType", "entityType", "requestedBy", "priority", "params", "paramsObject", "fileName",
-        "fileSize", "scheduledAt", "maxRetries", "contentType",
+        "fileSize", "scheduledAt", "maxRetries", "contentType", "callbackUrl",
     },
     "CreateTaskResponse": RESPONSE_KEYS["CreateTask"],
     "TaskResponse": RESPONSE_KEYS["GetTask"],
@@ -239,7 +239,11 @@ def test_rest_bodies_are_the_json_mapping_of_the_proto_messages() -> None:
     for component, message in MESSAGE_OF_COMPONENT.items():
         assert COMPONENTS[component] == json_names(message), component
     # CreateTask accepts the proto's names except the deprecated gRPC-only alias paramsJson.
-    assert COMPONENTS["CreateTaskRequest"] == json_names("CreateTaskRequest") - {"paramsJson"}
+    # REST takes the idempotency key as the Idempotency-Key header, not a body field.
+    assert COMPONENTS["CreateTaskRequest"] == json_names("CreateTaskRequest") - {
+        "paramsJson",
+        "idempotencyKey",
+    }
 
 
 def test_the_seed_names_are_all_kept() -> None:
