@@ -16,15 +16,18 @@ from common_operations.activities.bulk import BulkContext
 from common_operations.config import Settings
 from common_operations.db import engine as db_engine
 from common_operations.db.bulk_repository import BulkRepository
+from common_operations.db.outbox_repository import OutboxRepository
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.entities import EntitySpec
-from common_operations.infra import cache, temporal
+from common_operations.infra import cache, task_cache, temporal
 from common_operations.infra.entity_config import load_entities
+from common_operations.infra.events import build_publisher
 from common_operations.infra.sinks.chunks import SinkRegistry
 from common_operations.infra.storage import Storage, build_storage
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.services.bulk import BulkService
 from common_operations.services.reconciler import Reconciler, reconciler_probes
+from common_operations.services.relay import OutboxRelay
 from common_operations.services.tasks import TaskService
 
 
@@ -44,6 +47,8 @@ class Runtime:
     sinks: SinkRegistry
     # Optional: caches and the redis event backend use it; None when no redis_url is configured.
     redis: Redis | None = None
+    # The outbox relay (events.backend); its sweeper runs in the worker, its fast path in the mirror.
+    relay: OutboxRelay | None = None
 
     def reconciler(self) -> Reconciler:
         """A reconciler over this runtime's mirror and workflows."""
@@ -82,13 +87,20 @@ async def open_runtime(
         settings.database.url, pool_min=settings.database.pool_min, pool_max=settings.database.pool_max
     )
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
+    # GetTask's cache has a client of its own: short timeouts and no retries, so that a slow or
+    # missing Redis costs a cache miss, never a slow answer or a slow mirror write.
+    cache_client = task_cache.connect(settings.redis_url) if settings.redis_url else None
+    tasks_cache = (
+        task_cache.TaskCache(cache_client, ttl=settings.cache.task_ttl) if cache_client is not None else None
+    )
     sinks: SinkRegistry | None = None
+    relay: OutboxRelay | None = None
     try:
         entities = load_entities(settings.bulk.entities_dir)
         storage = build_storage(settings)
         # Blocking (a bucket check on S3), so off the event loop.
         await asyncio.to_thread(storage.ensure_ready)
-        repository = TaskRepository(engine)
+        repository = TaskRepository(engine, writes=tasks_cache)
         ops = settings.operations
         workflows = TaskWorkflows(
             client,
@@ -101,7 +113,7 @@ async def open_runtime(
         probes = reconciler_probes(workflows, ops)
         if redis is not None:
             probes["redis"] = partial(cache.ping, redis)
-        bulk_jobs = BulkRepository(engine.pool)
+        bulk_jobs = BulkRepository(engine.pool, writes=tasks_cache)
         sinks = SinkRegistry(
             settings.database.url,
             settings.bulk.databases,
@@ -111,22 +123,32 @@ async def open_runtime(
             task_queue=settings.temporal.task_queue,
         )
         bulk = BulkService(storage, settings.storage, entities)
+        # Built here so a misconfigured backend (redis without a URL) fails at start.
+        publisher = build_publisher(settings.events, redis_url=settings.redis_url, redis=redis)
+        relay = OutboxRelay(OutboxRepository(engine.pool), repository, publisher, settings.events)
         yield Runtime(
             settings=settings,
             engine=engine,
             client=client,
             repository=repository,
             workflows=workflows,
-            tasks=TaskService(repository, workflows, settings.operations, optional_probes=probes, bulk=bulk),
+            tasks=TaskService(
+                repository, workflows, settings.operations, optional_probes=probes, bulk=bulk, cache=tasks_cache
+            ),
             storage=storage,
             entities=entities,
             bulk_jobs=bulk_jobs,
             sinks=sinks,
             redis=redis,
+            relay=relay,
         )
     finally:
+        if relay is not None:
+            await relay.close()
         if sinks is not None:
             await sinks.close()
         await engine.close_connection_pool()
         if redis is not None:
             await redis.aclose()
+        if cache_client is not None:
+            await cache_client.aclose()

@@ -39,7 +39,7 @@ _RECONCILER_CHECK_SECONDS = 60.0
 
 def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
     """A worker for the service's task queue (or ``task_queue``), not yet running."""
-    mirror = MirrorActivities(runtime.repository)
+    mirror = MirrorActivities(runtime.repository, runtime.relay)
     reconcile = ReconcileActivities(runtime.reconciler())
     bulk = BulkActivities(runtime.bulk_context())
     retention = RetentionActivities(
@@ -104,9 +104,13 @@ async def run_worker(runtime: Runtime) -> None:
     except RPCError as err:
         log.warning("could not make sure the retention schedule exists: %s", err)
     keeper = asyncio.create_task(_keep_reconciler(runtime), name="reconciler-keeper")
+    # Every worker sweeps the outbox; per-stream leases keep each stream with one relay at a time.
+    sweeper = asyncio.create_task(runtime.relay.run(), name="outbox-sweeper") if runtime.relay else None
     try:
         await worker.run()
     finally:
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+        for background in (keeper, sweeper):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
