@@ -133,7 +133,13 @@ async def open_runtime(
             repository=repository,
             workflows=workflows,
             tasks=TaskService(
-                repository, workflows, settings.operations, optional_probes=probes, bulk=bulk, cache=tasks_cache
+                repository,
+                workflows,
+                settings.operations,
+                optional_probes=probes,
+                bulk=bulk,
+                cache=tasks_cache,
+                webhooks=settings.webhooks,
             ),
             storage=storage,
             entities=entities,

@@ -16,13 +16,16 @@ from common_operations.activities.bulk import BulkActivities
 from common_operations.activities.mirror import MirrorActivities
 from common_operations.activities.reconcile import ReconcileActivities
 from common_operations.activities.retention import RetentionActivities
+from common_operations.activities.webhooks import WebhookActivities
 from common_operations.bootstrap import Runtime
+from common_operations.db.webhook_repository import WebhookRepository
 from common_operations.domain.workflow_types import ReconcilerState, reconciler_workflow_id
 from common_operations.services.retention import ensure_retention_schedule
 from common_operations.workflows.reconciler_workflow import ReconcilerWorkflow
 from common_operations.workflows.retention_workflow import RetentionJob
 from common_operations.workflows.sink_batch_workflow import SinkBatchWorkflow
 from common_operations.workflows.task_workflow import TaskWorkflow
+from common_operations.workflows.webhook_workflow import TaskWebhookWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,13 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
     retention = RetentionActivities(
         runtime.tasks, runtime.bulk_jobs, default_days=runtime.settings.bulk.retention_days
     )
+    webhooks = WebhookActivities(
+        runtime.repository, WebhookRepository(runtime.engine.pool), runtime.settings.webhooks
+    )
     return Worker(
         runtime.client,
         task_queue=task_queue or runtime.settings.temporal.task_queue,
-        workflows=[TaskWorkflow, ReconcilerWorkflow, RetentionJob, SinkBatchWorkflow],
+        workflows=[TaskWorkflow, ReconcilerWorkflow, RetentionJob, SinkBatchWorkflow, TaskWebhookWorkflow],
         activities=[
             mirror.mirror_task_state,
             reconcile.reconcile_tasks,
@@ -57,6 +63,8 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
             bulk.run_export,
             retention.start_retention_task,
             retention.run_retention,
+            webhooks.webhook_policy,
+            webhooks.send_webhook,
         ],
         workflow_runner=WORKFLOW_RUNNER,
         max_concurrent_activities=200,

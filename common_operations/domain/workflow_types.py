@@ -210,6 +210,8 @@ class TaskWorkflowInput:
     # and until when it may be uploaded.
     input_file: dict[str, Any] | None = None
     upload_expires_at: datetime | None = None
+    # Where each final transition's webhook is POSTed (None: no webhook); read again at send time.
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

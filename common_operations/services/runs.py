@@ -79,6 +79,7 @@ def workflow_input(
         retry_message=retry_message,
         input_file=_input_file(task),
         upload_expires_at=_upload_expires_at(task),
+        callback_url=task.callback_url,
     )
 
 

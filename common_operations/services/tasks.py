@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from common_operations.config import OperationsSettings
+from common_operations.config import OperationsSettings, WebhookSettings
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.errors import (
     InvalidTransition,
@@ -51,6 +51,7 @@ from common_operations.domain.task import (
 )
 from common_operations.domain.workflow_types import HandlerKind
 from common_operations.infra.temporal import TaskWorkflows
+from common_operations.infra.webhooks import check_callback_url
 from common_operations.services.bulk import BulkService, PreparedFiles
 from common_operations.services.runs import TaskRuns, now, with_snapshot, workflow_input
 
@@ -93,6 +94,7 @@ class TaskService:
         *,
         optional_probes: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
         bulk: BulkService | None = None,
+        webhooks: WebhookSettings | None = None,
     ) -> None:
         """Wire the service to its repository, Temporal gateway and settings.
 
@@ -103,6 +105,7 @@ class TaskService:
             optional_probes: health checks of optional parts (e.g. ``{"redis": ping}``); a probe
                 that raises makes the report degraded, with the exception's text.
             bulk: files and options of built-in import/export tasks (None: such tasks are refused).
+            webhooks: what a ``callbackUrl`` is checked against (None: no secret, so refused).
         """
         self.repository = repository
         self.workflows = workflows
@@ -110,6 +113,7 @@ class TaskService:
         self.runs = TaskRuns(repository, workflows, settings)
         self.optional_probes = dict(optional_probes or {})
         self.bulk = bulk
+        self.webhooks = webhooks or WebhookSettings()
 
     async def _get(self, task_id: uuid.UUID) -> Task:
         task = await self.repository.get(task_id)
@@ -129,6 +133,9 @@ class TaskService:
         cmd = validate_create(
             replace(cmd, requested_by=cmd.requested_by or principal.subject, max_retries=max_retries)
         )
+        if cmd.callback_url is not None:
+            # Before anything is written: a refused URL (SSRF rules) means no task at all.
+            await check_callback_url(cmd.callback_url, self.webhooks)
         handler = self.settings.handler_for(cmd.task_type)
         task_id = uuid.uuid4()
         prepared, source_task_id = PreparedFiles(files={}), None

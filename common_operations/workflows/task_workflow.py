@@ -30,7 +30,12 @@ from temporalio.common import (
     SearchAttributeUpdate,
     TypedSearchAttributes,
 )
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    WorkflowAlreadyStartedError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from common_operations.domain.errors import (
@@ -41,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from common_operations.domain.status import TaskStatus, ensure_accepts_reports, ensure_transition
     from common_operations.domain.task import ProgressReport, RecordCounts, apply_report
+    from common_operations.domain.webhooks import WEBHOOK_EVENTS, WEBHOOK_WORKFLOW_TYPE, WebhookDelivery
     from common_operations.domain.workflow_types import (
         AWAIT_UPLOAD_ACTIVITY,
         BULK_INPUT_ERROR,
@@ -96,6 +102,8 @@ MIRROR_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
 )
 MIRROR_TIMEOUT = timedelta(seconds=10)
+# Runs recorded before webhooks existed replay without starting one.
+WEBHOOK_PATCH = "webhook-on-final"
 
 
 def search_attribute_pairs(
@@ -787,6 +795,36 @@ class TaskWorkflow:
         if status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
             self._s.completed_at = workflow.now()
         await self._write(event, message, level)
+        if self._inp.callback_url and status in WEBHOOK_EVENTS and workflow.patched(WEBHOOK_PATCH):
+            await self._send_webhook(status)
+
+    async def _send_webhook(self, status: TaskStatus) -> None:
+        """Start the webhook of the final transition just mirrored, as an abandoned child workflow.
+
+        The child retries on its own schedule and outlives this run: a slow receiver never keeps
+        the run open (a failed task can be retried, a cancelled run ends). Only its start is
+        awaited, shielded like the mirror write, so a cancellation arriving meanwhile loses nothing.
+        """
+        delivery = WebhookDelivery(
+            task_id=self._inp.task_id, seq=self._s.seq, status=status.value, event=WEBHOOK_EVENTS[status]
+        )
+        start = asyncio.create_task(
+            workflow.start_child_workflow(
+                WEBHOOK_WORKFLOW_TYPE,
+                delivery,
+                id=f"webhook-{delivery.task_id}-{delivery.seq}",
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                cancellation_type=workflow.ChildWorkflowCancellationType.ABANDON,
+            )
+        )
+        try:
+            await asyncio.shield(start)
+        except asyncio.CancelledError:
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await start
+            raise
+        except WorkflowAlreadyStartedError:
+            pass  # this transition's webhook exists already (a reset replayed the transition)
 
     async def _write(
         self, event: str, message: str, level: str = "info", *, log_message: bool = True
