@@ -16,18 +16,24 @@ from common_operations.activities.bulk import BulkContext
 from common_operations.config import Settings
 from common_operations.db import engine as db_engine
 from common_operations.db.bulk_repository import BulkRepository
+from common_operations.db.messages_repository import MessagesRepository
 from common_operations.db.outbox_repository import OutboxRepository
 from common_operations.db.repository import TaskRepository
+from common_operations.db.settings_repository import SettingsRepository
 from common_operations.domain.entities import EntitySpec
 from common_operations.infra import cache, task_cache, temporal
 from common_operations.infra.entity_config import load_entities
 from common_operations.infra.events import build_publisher
+from common_operations.infra.settings_schemas import load_setting_groups
 from common_operations.infra.sinks.chunks import SinkRegistry
 from common_operations.infra.storage import Storage, build_storage
 from common_operations.infra.temporal import TaskWorkflows
+from common_operations.infra.versioned_cache import VersionedCache
 from common_operations.services.bulk import BulkService
+from common_operations.services.messages import MessagesService
 from common_operations.services.reconciler import Reconciler, reconciler_probes
 from common_operations.services.relay import OutboxRelay
+from common_operations.services.settings import SettingsService
 from common_operations.services.tasks import TaskService
 
 
@@ -45,6 +51,9 @@ class Runtime:
     entities: dict[str, EntitySpec]
     bulk_jobs: BulkRepository
     sinks: SinkRegistry
+    # Settings groups (configs/settings) and the messages catalogue.
+    settings_groups: SettingsService
+    messages: MessagesService
     # Optional: caches and the redis event backend use it; None when no redis_url is configured.
     redis: Redis | None = None
     # The outbox relay (events.backend); its sweeper runs in the worker, its fast path in the mirror.
@@ -145,6 +154,15 @@ async def open_runtime(
             entities=entities,
             bulk_jobs=bulk_jobs,
             sinks=sinks,
+            settings_groups=SettingsService(
+                SettingsRepository(engine.pool),
+                load_setting_groups(settings.settings_groups.schemas_dir),
+                VersionedCache(redis, "co:settings:", settings.cache.settings_ttl),
+            ),
+            messages=MessagesService(
+                MessagesRepository(engine.pool),
+                VersionedCache(redis, "co:messages:", settings.cache.messages_ttl),
+            ),
             redis=redis,
             relay=relay,
         )

@@ -15,9 +15,11 @@ from common_operations.bootstrap import Runtime
 from common_operations.domain import task as limits
 from common_operations.web.controllers.files import FileController
 from common_operations.web.controllers.health import HealthController
+from common_operations.web.controllers.messages import MessagesController
 from common_operations.web.controllers.settings import (
     PaymentSettingsController,
     PublicPaymentSettingsController,
+    SettingsController,
 )
 from common_operations.web.controllers.tasks import TaskController
 from common_operations.web.dependencies import dependencies
@@ -74,7 +76,8 @@ def openapi_config() -> OpenAPIConfig:
         tags=[
             Tag(name="Tasks", description="Task lifecycle, progress, logs and events"),
             Tag(name="Health", description="Probes"),
-            Tag(name="Settings", description="Payment settings (not implemented yet)"),
+            Tag(name="Settings", description="Settings groups (payment first): admin and public views"),
+            Tag(name="Messages", description="The i18n message templates and their rendering"),
         ],
         use_handler_docstrings=True,
     )
@@ -99,9 +102,11 @@ def create_app(runtime: Runtime) -> Litestar:
             HealthController,
             PaymentSettingsController,
             PublicPaymentSettingsController,
+            SettingsController,
+            MessagesController,
             metrics,
         ],
-        dependencies=dependencies(runtime.tasks),
+        dependencies=dependencies(runtime.tasks, settings=runtime.settings_groups, messages=runtime.messages),
         exception_handlers=exception_handlers(),
         middleware=[metrics_middleware],
         before_send=[count_unmatched],

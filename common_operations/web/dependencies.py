@@ -17,6 +17,8 @@ from litestar.params import SkipValidation
 
 from common_operations.domain.principal import Principal
 from common_operations.services.identity import principal_from_headers
+from common_operations.services.messages import MessagesService
+from common_operations.services.settings import SettingsService
 from common_operations.services.tasks import TaskService
 
 
@@ -26,6 +28,9 @@ class CallContext:
 
     principal: Principal
     tasks: TaskService
+    # The settings groups and the messages catalogue (None in apps built without them).
+    settings: SettingsService | None = None
+    messages: MessagesService | None = None
 
 
 # Handlers annotate with this: the injected object is ours, so Litestar need not re-validate it on
@@ -33,10 +38,15 @@ class CallContext:
 Call = NamedDependency[SkipValidation[CallContext]]
 
 
-def dependencies(tasks: TaskService) -> dict[str, Provide]:
+def dependencies(
+    tasks: TaskService,
+    *,
+    settings: SettingsService | None = None,
+    messages: MessagesService | None = None,
+) -> dict[str, Provide]:
     """The app-wide dependency ``call``, built per request from the trusted headers."""
 
     def provide_call(request: Request[Any, Any, Any]) -> CallContext:
-        return CallContext(principal_from_headers(request.headers), tasks)
+        return CallContext(principal_from_headers(request.headers), tasks, settings, messages)
 
     return {"call": Provide(provide_call, sync_to_thread=False)}
