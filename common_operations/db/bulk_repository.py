@@ -13,20 +13,24 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from common_operations.db.repository import TaskWrites
 
 _PROGRESS = """
 WITH u AS (
   UPDATE tasks SET total_records = $4, processed_records = $5, success_records = $6,
     failed_records = $7, progress_percentage = $8, updated_at = $9
   WHERE id = $1 AND owner_run_id = $2 AND seq = $3 AND status = 'processing'
-  RETURNING id
+  RETURNING id, cache_version
+), e AS (
+  INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
+  SELECT $1, $3, 'task.progress', 'processing', $10::jsonb, $9 FROM u
 )
-INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
-SELECT $1, $3, 'task.progress', 'processing', $10::jsonb, $9 FROM u
-RETURNING id
+SELECT cache_version FROM u
 """
 
 
@@ -56,9 +60,10 @@ class JobCheckpoint:
 class BulkRepository:
     """Bulk-job state in the service database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        """Use ``pool`` (the service database)."""
+    def __init__(self, pool: asyncpg.Pool, *, writes: TaskWrites | None = None) -> None:
+        """Use ``pool`` (the service database); tell ``writes`` of each progress write that applied."""
         self._pool = pool
+        self._writes = writes
 
     async def write_progress(
         self, task_id: str, owner: str, seq: int, counts: tuple[int, int, int, int], message: str
@@ -79,7 +84,7 @@ class BulkRepository:
             "failedRecords": failed,
             "progressPercentage": pct,
         }
-        row = await self._pool.fetchval(
+        version = await self._pool.fetchval(
             _PROGRESS,
             uuid.UUID(task_id),
             owner,
@@ -92,7 +97,11 @@ class BulkRepository:
             datetime.now(UTC),
             json.dumps(payload),
         )
-        return row is not None
+        if version is None:
+            return False
+        if self._writes is not None:
+            await self._writes.written(uuid.UUID(task_id), version)
+        return True
 
     async def replace_rejections(
         self, task_id: str, first_row: int, last_row: int, rejections: Sequence[RowRejection]

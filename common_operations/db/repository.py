@@ -10,8 +10,9 @@ import asyncio
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
@@ -53,6 +54,32 @@ INSERT INTO task_logs (task_id, seq, level, message, created_at)
 SELECT id, 0, 'info', $16, $14 FROM t
 """
 
+# The same, with the caller's idempotency key, in one statement: the task is inserted only if the key
+# was not there. A concurrent insert of the same key waits for the first one's commit, then inserts
+# nothing. (The key's foreign key to the task is checked at the end of the statement.)
+_INSERT_TASK_WITH_KEY = f"""
+WITH k AS (
+  INSERT INTO idempotency_keys (principal, key, request_hash, task_id, created_at)
+  VALUES ($20, $21, $22, $1, $14)
+  ON CONFLICT (principal, key) DO NOTHING
+  RETURNING task_id
+), t AS (
+  INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
+  SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
+         0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, $19, 0
+  WHERE EXISTS (SELECT 1 FROM k)
+  RETURNING id
+), e AS (
+  INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
+  SELECT id, 0, 'task.created', $4, $15::jsonb, $14 FROM t
+)
+INSERT INTO task_logs (task_id, seq, level, message, created_at)
+SELECT id, 0, 'info', $16, $14 FROM t
+"""
+
+# How often an idempotent insert tries again when the key it met vanished (its task was deleted).
+_KEY_ATTEMPTS = 3
+
 # One writer per task. A run chain's write applies only if the chain owns the row (owner_run_id) and
 # its sequence is newer; the chain's first write takes the row over only if the row's sequence is
 # still the one the run was started from (claim). A guarded write (the reconciler, after the owning
@@ -76,7 +103,7 @@ WITH prev AS (
     WHEN $21::bigint IS NOT NULL THEN seq = $21 AND owner_run_id IS DISTINCT FROM $20
     ELSE owner_run_id = $20 AND seq < $2
   END
-  RETURNING id
+  RETURNING id, cache_version
 ), e AS (
   INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
   SELECT $1, $2, $15, $4, $16::jsonb, $14
@@ -90,7 +117,8 @@ WITH prev AS (
   ORDER BY x.n
 )
 SELECT (SELECT count(*) FROM u) AS applied, (SELECT seq FROM prev) AS prev_seq,
-       (SELECT owner_run_id FROM prev) AS prev_owner, EXISTS (SELECT 1 FROM prev) AS found
+       (SELECT owner_run_id FROM prev) AS prev_owner, EXISTS (SELECT 1 FROM prev) AS found,
+       (SELECT cache_version FROM u) AS cache_version
 """
 
 # An annotation (e.g. a stuck workflow) beside the task's current state: once per sequence and type.
@@ -220,14 +248,38 @@ def _unavailable(err: BaseException) -> ServiceUnavailable:
     return outage
 
 
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A caller's idempotency key as stored: the hash of the request it came with and its task."""
+
+    request_hash: str
+    task_id: uuid.UUID
+
+
+class TaskWrites(Protocol):
+    """Told of every committed change of a ``tasks`` row (the task cache raises its floor)."""
+
+    async def written(self, task_id: uuid.UUID, version: int) -> None:
+        """The row now has ``cache_version`` ``version``; must not raise."""
+
+    async def deleted(self, task_id: uuid.UUID) -> None:
+        """The row is gone; must not raise."""
+
+
 class TaskRepository:
     """Reads and writes of ``tasks``, ``task_events`` and ``task_logs``."""
 
-    def __init__(self, engine: PostgresEngine) -> None:
-        """Use the engine's connection pool (it must be started)."""
+    def __init__(self, engine: PostgresEngine, *, writes: TaskWrites | None = None) -> None:
+        """Use the engine's connection pool (it must be started).
+
+        Args:
+            engine: the Piccolo engine.
+            writes: told after each update or delete of a task row (the task cache).
+        """
         if engine.pool is None:
             raise RuntimeError("the Postgres engine's connection pool is not started")
         self._pool = _Pool(engine.pool)
+        self.writes = writes
 
     async def ping(self) -> None:
         """Raise if Postgres does not answer."""
@@ -235,9 +287,35 @@ class TaskRepository:
 
     async def insert_task(self, task: Task, message: str) -> None:
         """Insert a new task with its ``task.created`` event and first log line, atomically."""
+        await self._pool.execute(_INSERT_TASK, *self._insert_args(task, message))
+
+    async def insert_task_once(
+        self, task: Task, message: str, *, principal: str, key: str, request_hash: str
+    ) -> StoredKey | None:
+        """Insert a new task under the caller's idempotency key, unless the key is taken.
+
+        Returns:
+            ``None`` when the task was inserted; else the key as stored (by an earlier request).
+        """
+        args = self._insert_args(task, message)
+        for _ in range(_KEY_ATTEMPTS):
+            result = await self._pool.execute(_INSERT_TASK_WITH_KEY, *args, principal, key, request_hash)
+            if result.endswith(" 1"):
+                return None
+            row = await self._pool.fetchrow(
+                "SELECT request_hash, task_id FROM idempotency_keys WHERE principal = $1 AND key = $2",
+                principal,
+                key,
+            )
+            if row is not None:
+                return StoredKey(row["request_hash"], row["task_id"])
+            # The key's task was deleted (cascade) between the two statements: the key is free.
+        raise ServiceUnavailable("the idempotency key keeps changing; retry the request")
+
+    @staticmethod
+    def _insert_args(task: Task, message: str) -> tuple[Any, ...]:
         assert task.created_at is not None
-        await self._pool.execute(
-            _INSERT_TASK,
+        return (
             task.id,
             task.task_type,
             task.entity_type,
@@ -261,9 +339,13 @@ class TaskRepository:
 
     async def set_run_id(self, task_id: uuid.UUID, run_id: str) -> None:
         """Record the run working on a task whose runs have not written yet (no state change)."""
-        await self._pool.execute(
-            "UPDATE tasks SET run_id = $2 WHERE id = $1 AND run_id IS NULL", task_id, run_id
+        version = await self._pool.fetchval(
+            "UPDATE tasks SET run_id = $2 WHERE id = $1 AND run_id IS NULL RETURNING cache_version",
+            task_id,
+            run_id,
         )
+        if version is not None and self.writes is not None:
+            await self.writes.written(task_id, version)
 
     async def _mirror(
         self, write: MirrorWrite, expect_seq: int | None, new_owner: str | None = None
@@ -301,6 +383,8 @@ class TaskRepository:
             new_owner,
             json.dumps(write.files) if write.files else None,
         )
+        if row["applied"] and self.writes is not None:
+            await self.writes.written(uuid.UUID(write.task_id), row["cache_version"])
         return row
 
     async def apply(self, write: MirrorWrite) -> MirrorOutcome:
@@ -356,6 +440,13 @@ class TaskRepository:
         """One task, or ``None``."""
         row = await self._pool.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", task_id)
         return _task_from_row(row) if row else None
+
+    async def get_versioned(self, task_id: uuid.UUID) -> tuple[Task, int] | None:
+        """One task with its ``cache_version`` (what the task cache compares), or ``None``."""
+        row = await self._pool.fetchrow(
+            f"SELECT {TASK_COLUMNS}, cache_version FROM tasks WHERE id = $1", task_id
+        )
+        return (_task_from_row(row), int(row["cache_version"])) if row else None
 
     async def get_many(self, task_ids: Sequence[uuid.UUID]) -> list[Task]:
         """The tasks among ``task_ids`` that exist."""
@@ -427,13 +518,18 @@ class TaskRepository:
             task_id,
             [s.value for s in ACTIVE_STATUSES],
         )
-        return result.endswith(" 1")
+        deleted = result.endswith(" 1")
+        if deleted and self.writes is not None:
+            await self.writes.deleted(task_id)
+        return deleted
 
     async def delete_unstarted(self, task_id: uuid.UUID) -> None:
         """Remove a task whose first run Temporal refused for good (no run ever wrote to it)."""
-        await self._pool.execute(
+        result = await self._pool.execute(
             "DELETE FROM tasks WHERE id = $1 AND seq = 0 AND owner_run_id IS NULL", task_id
         )
+        if result.endswith(" 1") and self.writes is not None:
+            await self.writes.deleted(task_id)
 
     async def logs(self, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
         """A page of a task's log lines, oldest first."""

@@ -62,6 +62,8 @@ class Tasks(Table, tablename="tasks"):
     source_task_id = UUID(null=True, default=None)
     # Where the final state is POSTed, signed (validated against SSRF when the task is created).
     callback_url = Text(null=True, default=None)
+    # Raised by a trigger on every update (migration 23:05): the task cache's snapshot version.
+    cache_version = BigInt(default=0)
 
 
 class TaskLogs(Table, tablename="task_logs"):

@@ -13,6 +13,7 @@ class ErrorKind(StrEnum):
     INVALID = "invalid"  # 400 / INVALID_ARGUMENT
     NOT_FOUND = "not_found"  # 404 / NOT_FOUND
     CONFLICT = "conflict"  # 409 / FAILED_PRECONDITION
+    DUPLICATE = "duplicate"  # 409 / ALREADY_EXISTS
     FORBIDDEN = "forbidden"  # 403 / PERMISSION_DENIED
     PRECONDITION = "precondition"  # 412 / FAILED_PRECONDITION
     UNAVAILABLE = "unavailable"  # 503 / UNAVAILABLE
@@ -80,6 +81,13 @@ class ReportLimitReached(InvalidTransition):
     """A delegated task's attempt took as many progress reports as one workflow run may hold."""
 
     code = "REPORT_LIMIT_REACHED"
+
+
+class IdempotencyKeyReused(DomainError):
+    """The caller's idempotency key was used before with a different request."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+    kind = ErrorKind.DUPLICATE
 
 
 class NotAvailable(DomainError):

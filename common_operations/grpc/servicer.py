@@ -36,8 +36,8 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     @grpc_errors
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.CreateTaskResponse:
         """Record a task and start its workflow."""
-        task = await self._tasks.create_task(caller(context), mapping.create_task(request))
-        return mapping.created(task)
+        result = await self._tasks.create(caller(context), mapping.create_task(request))
+        return mapping.created(result.task)
 
     @override
     @grpc_errors

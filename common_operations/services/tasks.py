@@ -18,6 +18,7 @@ from datetime import datetime
 from common_operations.config import OperationsSettings, WebhookSettings
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.errors import (
+    IdempotencyKeyReused,
     InvalidTransition,
     NotAvailable,
     RateLimited,
@@ -50,9 +51,11 @@ from common_operations.domain.task import (
     validate_report_shape,
 )
 from common_operations.domain.workflow_types import HandlerKind
+from common_operations.infra.task_cache import TaskCache
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.infra.webhooks import check_callback_url
 from common_operations.services.bulk import BulkService, PreparedFiles
+from common_operations.services.idempotency import request_hash, validate_key
 from common_operations.services.runs import TaskRuns, now, with_snapshot, workflow_input
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,18 @@ class DownloadUrl:
     url: str
     file_name: str | None
     expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedTask:
+    """The answer to CreateTask: the task, and whether this request created it.
+
+    ``created`` is False when an earlier request with the same idempotency key and body did (REST
+    answers 200 instead of 201).
+    """
+
+    task: Task
+    created: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +109,7 @@ class TaskService:
         *,
         optional_probes: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
         bulk: BulkService | None = None,
+        cache: TaskCache | None = None,
         webhooks: WebhookSettings | None = None,
     ) -> None:
         """Wire the service to its repository, Temporal gateway and settings.
@@ -105,6 +121,7 @@ class TaskService:
             optional_probes: health checks of optional parts (e.g. ``{"redis": ping}``); a probe
                 that raises makes the report degraded, with the exception's text.
             bulk: files and options of built-in import/export tasks (None: such tasks are refused).
+            cache: GetTask's Redis read-through cache (None: GetTask reads Postgres).
             webhooks: what a ``callbackUrl`` is checked against (None: no secret, so refused).
         """
         self.repository = repository
@@ -113,6 +130,7 @@ class TaskService:
         self.runs = TaskRuns(repository, workflows, settings)
         self.optional_probes = dict(optional_probes or {})
         self.bulk = bulk
+        self.cache = cache
         self.webhooks = webhooks or WebhookSettings()
 
     async def _get(self, task_id: uuid.UUID) -> Task:
@@ -122,12 +140,23 @@ class TaskService:
         return task
 
     async def create_task(self, principal: Principal, cmd: CreateTask) -> Task:
+        """Record a task and start its workflow: :meth:`create`'s task (every rule lives there)."""
+        return (await self.create(principal, cmd)).task
+
+    async def create(self, principal: Principal, cmd: CreateTask) -> CreatedTask:
         """Record a task and start its workflow.
 
         ``requestedBy`` defaults to the caller. The row is written first so the task is readable at
         once. If Temporal refuses the start for good (an invalid or rejected request) the row is
         removed and the error raised: the task never existed. If the answer is lost (Temporal
         unreachable), the task stays ``pending`` and the reconciler starts (or adopts) its run.
+
+        With an idempotency key, the key is stored with the row (same statement): the caller's
+        repeated request with the same key and body gets the task of the first one
+        (``created=False``), also when both arrive at once; the key lives as long as its task.
+
+        Raises:
+            IdempotencyKeyReused: the caller used the key before with a different request.
         """
         max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
         cmd = validate_create(
@@ -136,6 +165,7 @@ class TaskService:
         if cmd.callback_url is not None:
             # Before anything is written: a refused URL (SSRF rules) means no task at all.
             await check_callback_url(cmd.callback_url, self.webhooks)
+        key = None if cmd.idempotency_key is None else validate_key(cmd.idempotency_key)
         handler = self.settings.handler_for(cmd.task_type)
         task_id = uuid.uuid4()
         prepared, source_task_id = PreparedFiles(files={}), None
@@ -165,7 +195,11 @@ class TaskService:
             callback_url=cmd.callback_url,
         )
         when = f" scheduled for {cmd.scheduled_at.isoformat()}" if scheduled and cmd.scheduled_at else ""
-        await self.repository.insert_task(task, f"task created by {principal.subject}{when}")
+        message = f"task created by {principal.subject}{when}"
+        if key is None:
+            await self.repository.insert_task(task, message)
+        elif (earlier := await self._insert_once(principal, cmd, key, task, message)) is not None:
+            return CreatedTask(self._replayed(earlier, cmd), created=False)
         try:
             run_id = await self.runs.ensure_started(task)
         except (ValidationFailed, RateLimited):
@@ -177,12 +211,42 @@ class TaskService:
         # The row is not read back: it is the one just written, and its run id reaches the row
         # with the run's first mirror write (or the reconciler's adoption of a quiet run).
         upload = prepared.upload
-        return replace(
-            task,
-            run_id=run_id,
-            upload_url=upload.url if upload else None,
-            upload_url_expires_at=upload.expires_at if upload else None,
+        return CreatedTask(
+            replace(
+                task,
+                run_id=run_id,
+                upload_url=upload.url if upload else None,
+                upload_url_expires_at=upload.expires_at if upload else None,
+            )
         )
+
+    async def _insert_once(
+        self, principal: Principal, cmd: CreateTask, key: str, task: Task, message: str
+    ) -> Task | None:
+        """Insert ``task`` under the caller's key; the earlier request's task if the key is taken."""
+        digest = request_hash(cmd)
+        stored = await self.repository.insert_task_once(
+            task, message, principal=principal.subject, key=key, request_hash=digest
+        )
+        if stored is None:
+            return None
+        if stored.request_hash != digest:
+            raise IdempotencyKeyReused(
+                "this idempotency key was used with a different request; use a new key",
+                field="idempotencyKey",
+                task_id=str(stored.task_id),
+            )
+        return await self._get(stored.task_id)
+
+    def _replayed(self, task: Task, cmd: CreateTask) -> Task:
+        """The earlier request's task; an import still waiting for its file gets a fresh upload URL."""
+        if self.bulk is None or task.status not in (TaskStatus.PENDING, TaskStatus.SCHEDULED):
+            return task
+        kind = self.settings.handler_for(task.task_type).kind
+        upload = self.bulk.prepare(kind, task.id, cmd).upload if kind.is_bulk else None
+        if upload is None:
+            return task
+        return replace(task, upload_url=upload.url, upload_url_expires_at=upload.expires_at)
 
     async def retry_failed_rows(
         self,
@@ -232,12 +296,21 @@ class TaskService:
         )
 
     async def get_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
-        """One task.
+        """One task, through the Redis cache when there is one (never older than a committed write).
 
         Raises:
             TaskNotFound: no such task.
         """
-        return await self._get(task_id)
+        if self.cache is None:
+            return await self._get(task_id)
+        if (cached := await self.cache.get(task_id)) is not None:
+            return cached
+        found = await self.repository.get_versioned(task_id)
+        if found is None:
+            raise TaskNotFound(f"task {task_id} not found", id=str(task_id))
+        task, version = found
+        await self.cache.store(task, version)
+        return task
 
     async def list_tasks(self, principal: Principal, query: TaskQuery) -> Page[Task]:
         """Tasks matching the filters, newest first."""

@@ -30,6 +30,7 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
+    ErrorKind.DUPLICATE: 409,
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.PRECONDITION: 412,
     ErrorKind.UNAVAILABLE: 503,

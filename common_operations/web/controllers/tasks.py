@@ -7,14 +7,14 @@ endpoints, ``{taskId}`` for its progress, download, logs and events.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Operation, RequestBody
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
 
 from common_operations.domain.status import TaskStatus, parse_status
 from common_operations.domain.task import (
@@ -79,9 +79,30 @@ class TaskController(Controller):
         "/tasks",
         operation_id="CreateTask",
         summary="Create a task and start its workflow",
-        responses=problem_responses(400, 413, 429, 503),
+        status_code=201,
+        responses={
+            200: ResponseSpec(
+                CreateTaskResponse,
+                description="The task an earlier request with the same Idempotency-Key and body created",
+            ),
+            **problem_responses(400, 409, 413, 429, 503),
+        },
     )
-    async def create_task(self, data: JSONBody[CreateTaskRequest], call: Call) -> CreateTaskResponse:
+    async def create_task(
+        self,
+        data: JSONBody[CreateTaskRequest],
+        call: Call,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(
+                header="Idempotency-Key",
+                required=False,
+                description="At most 255 printable ASCII characters, unique per caller and request. "
+                "The same key with the same body answers the first request's task (200, no second "
+                "task); with a different body, 409 IDEMPOTENCY_KEY_REUSED. Kept as long as the task.",
+            ),
+        ] = None,
+    ) -> Response[CreateTaskResponse]:
         """Record a task; ``requestedBy`` defaults to the caller, a future ``scheduledAt`` schedules it.
 
         ``params`` is a string holding a JSON object, as in the original API (the object itself, or
@@ -89,9 +110,9 @@ class TaskController(Controller):
         ``PAYLOAD_TOO_LARGE`` beyond) and at most 32 levels deep, the params object itself being level 1
         (400 beyond). ``uploadUrl`` is null until the file-storage feature exists.
         """
-        return mapping.created_response(
-            await call.tasks.create_task(call.principal, mapping.create_command(data))
-        )
+        cmd = replace(mapping.create_command(data), idempotency_key=idempotency_key)
+        result = await call.tasks.create(call.principal, cmd)
+        return Response(mapping.created_response(result.task), status_code=201 if result.created else 200)
 
     @get(
         "/tasks",
