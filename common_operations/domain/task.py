@@ -401,6 +401,8 @@ def validate_create(cmd: CreateTask) -> CreateTask:
         file_size=cmd.file_size,
         scheduled_at=cmd.scheduled_at,
         max_retries=cmd.max_retries,
+        # Checked by the service (its rules need the configuration and name resolution).
+        callback_url=cmd.callback_url,
     )
     # Last: the other fields are cheap to check, and a 400 names a mistake better than a 413.
     validate_params(cmd.params)
