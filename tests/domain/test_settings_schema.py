@@ -80,7 +80,14 @@ def test_numbers_enums_and_constraints() -> None:
         },
     )
     assert schema.validate_patch({"freeAbove": 10, "maxParcels": 2, "carrier": "ups"})
-    for bad in ({"freeAbove": -1}, {"freeAbove": True}, {"maxParcels": 1.5}, {"maxParcels": 0}, {"carrier": "fedex"}):
+    bad_patches: list[dict[str, Any]] = [
+        {"freeAbove": -1},
+        {"freeAbove": True},
+        {"maxParcels": 1.5},
+        {"maxParcels": 0},
+        {"carrier": "fedex"},
+    ]
+    for bad in bad_patches:
         with pytest.raises(ValidationFailed):
             schema.validate_patch(bad)
     assert schema.event_values({"carrier": "ups", "maxParcels": 2}) == {"maxParcels": 2}
@@ -107,7 +114,7 @@ def test_malformed_declarations_are_refused(raw: Any) -> None:
 
 def test_loader_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("fields: {x: {type: bool}}\n")
-    with pytest.raises(ValueError, match="broken.yaml"):
+    with pytest.raises(ValueError, match=r"broken\.yaml"):
         load_setting_groups(tmp_path)
     assert load_setting_groups(tmp_path / "missing") == {}
 

@@ -103,7 +103,8 @@ async def test_partial_update_audit_and_event(
     assert (await service.get(ADMIN, group)).values["paypalEnabled"] is True
 
     audits = await pool.fetch(
-        "SELECT old_value, new_value, changed_by, version FROM settings_audit WHERE key = $1 ORDER BY version",
+        "SELECT old_value, new_value, changed_by, version FROM settings_audit"
+        " WHERE key = $1 ORDER BY version",
         group,
     )
     assert [a["version"] for a in audits] == [1, 2]
