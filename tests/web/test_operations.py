@@ -122,13 +122,12 @@ async def test_unknown_route_and_wrong_method(api: Client) -> None:
     assert "GET" in resp.headers["allow"]
 
 
-async def test_payment_settings_are_not_implemented_yet(api: Client) -> None:
-    for method, path in (
-        ("GET", "/api/v1/settings/payment"),
-        ("PUT", "/api/v1/settings/payment"),
-        ("GET", "/api/v1/public/settings/payment"),
-    ):
-        assert_problem(await api.request(method, path, json={}), 501, "NOT_IMPLEMENTED")
+async def test_payment_settings_need_the_admin_role(api: Client) -> None:
+    # The settings service is implemented (tests/web/test_settings.py); anonymous callers get 403.
+    for method in ("GET", "PUT"):
+        resp = await api.request(method, "/api/v1/settings/payment", json={})
+        assert_problem(resp, 403, "PERMISSION_DENIED")
+    assert (await api.get("/api/v1/public/settings/payment")).status_code == 200
 
 
 async def test_caller_without_identity_is_anonymous(api: Client) -> None:

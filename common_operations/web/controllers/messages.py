@@ -9,7 +9,7 @@ from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
-from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from common_operations.domain.errors import ServiceUnavailable
 from common_operations.domain.messages import DEFAULT_PAGE_SIZE
@@ -34,8 +34,8 @@ ETAG_HEADER = [
 ]
 IfMatch = Annotated[
     str | None,
-    Parameter(
-        header="If-Match",
+    HeaderParameter(
+        name="If-Match",
         description='the ETag read before (e.g. "3"; `*`: the message must exist); a stale one is '
         "answered 412 and changes nothing. Absent: unconditional.",
     ),

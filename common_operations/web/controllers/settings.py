@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Response, get, put
 from litestar.datastructures import ResponseHeader
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from common_operations.domain.errors import ServiceUnavailable
 from common_operations.domain.preconditions import etag, parse_if_match
@@ -32,8 +32,8 @@ ETAG_HEADER = [
 ]
 IfMatch = Annotated[
     str | None,
-    Parameter(
-        header="If-Match",
+    HeaderParameter(
+        name="If-Match",
         description='the ETag read before (e.g. "7"); a stale one is answered 412 and changes nothing. '
         "Absent: the change applies to whatever version is current.",
     ),
