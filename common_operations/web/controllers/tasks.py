@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Operation, RequestBody
-from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from common_operations.domain.status import TaskStatus, parse_status
 from common_operations.domain.task import (
@@ -94,8 +94,8 @@ class TaskController(Controller):
         call: Call,
         idempotency_key: Annotated[
             str | None,
-            Parameter(
-                header="Idempotency-Key",
+            HeaderParameter(
+                name="Idempotency-Key",
                 required=False,
                 description="At most 255 printable ASCII characters, unique per caller and request. "
                 "The same key with the same body answers the first request's task (200, no second "
