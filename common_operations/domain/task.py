@@ -375,6 +375,9 @@ def validate_params(params: dict[str, Any]) -> None:
         )
 
 
+MAX_CONTENT_TYPE_LENGTH = 255
+
+
 def validate_create(cmd: CreateTask) -> CreateTask:
     """Check a create request's ranges, lengths and required fields.
 
@@ -391,18 +394,17 @@ def validate_create(cmd: CreateTask) -> CreateTask:
     if not -1000 <= cmd.priority <= 1000:
         raise ValidationFailed("priority must be between -1000 and 1000", field="priority")
     _check_timestamp(cmd.scheduled_at, "scheduledAt")
-    validated = CreateTask(
+    # replace(), not a new CreateTask: every field not checked here (contentType, callbackUrl,
+    # the idempotency key) must reach the service as it came.
+    validated = replace(
+        cmd,
         task_type=_require_text(cmd.task_type, "taskType", MAX_TASK_TYPE_LENGTH),
         entity_type=_require_text(cmd.entity_type, "entityType", MAX_ENTITY_TYPE_LENGTH, allow_empty=True),
         requested_by=_require_text(cmd.requested_by, "requestedBy", MAX_REQUESTED_BY_LENGTH),
-        priority=cmd.priority,
-        params=cmd.params,
         file_name=_require_text(cmd.file_name, "fileName", MAX_FILE_NAME_LENGTH) if cmd.file_name else None,
-        file_size=cmd.file_size,
-        scheduled_at=cmd.scheduled_at,
-        max_retries=cmd.max_retries,
-        # Checked by the service (its rules need the configuration and name resolution).
-        callback_url=cmd.callback_url,
+        content_type=_require_text(cmd.content_type, "contentType", MAX_CONTENT_TYPE_LENGTH)
+        if cmd.content_type
+        else None,
     )
     # Last: the other fields are cheap to check, and a 400 names a mistake better than a 413.
     validate_params(cmd.params)
