@@ -15,13 +15,13 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from common_operations.domain.errors import ValidationFailed
 from common_operations.domain.json_text import json_text
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import Task
+from common_operations.domain.task_snapshot import task_snapshot
 from common_operations.domain.workflow_types import RetrySpec
 
 MAX_CALLBACK_URL_LENGTH = 2048
@@ -224,46 +224,6 @@ def verify_signature(
     expected = sign(secret, sent_at, body)
     candidates = [part.strip() for part in header.split(",")]
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def task_snapshot(task: Task) -> dict[str, Any]:
-    """The task as the REST API shows it (``TaskOut``, lowerCamelCase), as plain JSON values."""
-    return {
-        "id": str(task.id),
-        "taskType": task.task_type,
-        "entityType": task.entity_type,
-        "status": task.status.value,
-        "priority": task.priority,
-        "requestedBy": task.requested_by,
-        "params": json_text(task.params),
-        "paramsObject": task.params,
-        "fileName": task.file_name,
-        "fileSize": task.file_size,
-        "inputFileUrl": task.input_file_url,
-        "outputFileUrl": task.output_file_url,
-        "totalRecords": task.counts.total,
-        "processedRecords": task.counts.processed,
-        "successRecords": task.counts.success,
-        "failedRecords": task.counts.failed,
-        "progressPercentage": task.progress_percentage,
-        "scheduledAt": _iso(task.scheduled_at),
-        "startedAt": _iso(task.started_at),
-        "completedAt": _iso(task.completed_at),
-        "errorMessage": task.error_message,
-        "retryCount": task.retry_count,
-        "maxRetries": task.max_retries,
-        "createdAt": _iso(task.created_at),
-        "updatedAt": _iso(task.updated_at),
-        "nextRetryAt": _iso(task.next_retry_at),
-        "manifest": task.manifest,
-        "sourceTaskId": str(task.source_task_id) if task.source_task_id else None,
-        "filesAvailable": [k for k in ("output", "result", "input") if isinstance(task.files.get(k), dict)],
-        "callbackUrl": task.callback_url,
-    }
 
 
 def webhook_body(delivery: WebhookDelivery, task: Task, delivered_at: datetime) -> bytes:

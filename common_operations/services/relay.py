@@ -29,9 +29,9 @@ from typing import Any
 from common_operations.config import EventSettings
 from common_operations.db.outbox_repository import OutboxRepository, PendingEvent, task_stream
 from common_operations.db.repository import TaskRepository
+from common_operations.domain.task_snapshot import task_snapshot
 from common_operations.infra.events.metrics import EVENTS_PUBLISHED, OUTBOX_LAG, PUBLISH_FAILURES
 from common_operations.infra.events.publisher import Publisher, PublishError
-from common_operations.services.task_snapshot import task_snapshot
 
 log = logging.getLogger(__name__)
 
