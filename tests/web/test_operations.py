@@ -62,7 +62,10 @@ async def test_optional_service_down_is_degraded_not_unready(
         )
 
     monkeypatch.setattr(runtime.tasks, "health", degraded)
-    assert (await api.get("/health/ready")).status_code == 200
+    resp = await api.get("/health/ready")
+    assert resp.status_code == 200 and resp.json() == {"status": "degraded"}
+    resp = await api.get("/health")  # two-valued, as the seed had it
+    assert resp.status_code == 200 and resp.json() == {"status": "healthy"}
     resp = await api.get("/health/detailed")
     assert resp.status_code == 200 and resp.json()["status"] == "degraded"
     resp = await api.get("/api/v1/operations/health")  # two-valued, as gRPC's Health

@@ -20,7 +20,7 @@ async def test_get_task_and_readiness_without_redis(api: Client, who: str) -> No
     for _ in range(3):
         assert (await get(api, task["id"]))["id"] == task["id"]
     ready = await api.get("/health/ready")
-    assert ready.status_code == 200, ready.text
+    assert ready.status_code == 200 and ready.json() == {"status": "degraded"}, ready.text
     detailed = await api.get("/health/detailed")
     assert detailed.status_code == 200, detailed.text
     body = detailed.json()

@@ -1,7 +1,8 @@
 """Operational health endpoints (``/health``, ``/health/ready``, ``/health/live``, ``/health/detailed``).
 
-``/health`` and ``/health/ready`` show only the overall status: component messages can name hosts
-and errors, which belong behind ``/health/detailed`` (scraped by operators, not load balancers).
+``/health`` and ``/health/ready`` show only the overall status (``/health/ready`` says ``degraded``
+while Redis is down): component messages can name hosts and errors, which belong behind
+``/health/detailed`` (scraped by operators, not load balancers).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ class HealthController(Controller):
 
     @get("/ready", operation_id="Readiness", summary="Ready to serve traffic", responses=_UNHEALTHY)
     async def ready(self, call: Call) -> Response[LiveResponse]:
-        """200 when Postgres and Temporal answer, else 503 (take the instance out of rotation)."""
-        return await _overall(call.tasks)
+        """200 when Postgres and Temporal answer, else 503 (take the instance out of rotation).
+
+        The status reads ``degraded`` (still 200: the instance serves) while an optional service
+        (Redis) is down.
+        """
+        return await _overall(call.tasks, show_degraded=True)
 
     @get("/live", operation_id="Liveness", summary="The process is running", sync_to_thread=False)
     def live(self) -> LiveResponse:
@@ -55,7 +60,7 @@ class HealthController(Controller):
         return Response(body, status_code=200 if report.healthy else 503)
 
 
-async def _overall(tasks: TaskService) -> Response[LiveResponse]:
+async def _overall(tasks: TaskService, *, show_degraded: bool = False) -> Response[LiveResponse]:
     report = await tasks.health()
-    body = mapping.health_response(report)
+    body = mapping.health_response(report, show_degraded=show_degraded)
     return Response(LiveResponse(status=body.status), status_code=200 if report.healthy else 503)
