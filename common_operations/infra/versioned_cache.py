@@ -95,15 +95,6 @@ class VersionedCache:
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
 
-    async def forget(self, name: str) -> None:
-        """Drop the entry (a deleted document); tried even while Redis is being skipped."""
-        if self._redis is None:
-            return
-        try:
-            await self._redis.delete(self._prefix + name)
-        except (RedisError, OSError) as exc:
-            self._failed("forget", exc)
-
     def _usable(self) -> bool:
         return self._redis is not None and time.monotonic() >= self._down_until
 

@@ -1,7 +1,7 @@
 """The messages catalogue: read, admin upsert and delete, and batch resolve with fallbacks.
 
-Messages are cached in Redis by key (versioned entries, refreshed after every change and dropped on
-delete); Postgres answers whatever the cache does not hold, and everything works without Redis.
+Messages are cached in Redis by key (versioned entries, refreshed after every change, a tombstone
+on delete); Postgres answers whatever the cache does not hold, and everything works without Redis.
 """
 
 from __future__ import annotations
@@ -123,7 +123,11 @@ class MessagesService:
         deleted = await self._repository.delete(key, changed_by=principal.subject, decide=decide)
         if deleted is None:
             raise MessageNotFound(f"no message with key {quoted(key)}", key=key)
-        await self._cache.forget(key)
+        # A tombstone newer than the deleted version, not a plain delete: a reader that fetched the
+        # message just before the delete cannot put it back (its version is older). A message made
+        # again under the key starts at version 1 and is read from Postgres until the tombstone's
+        # TTL ends.
+        await self._cache.put(key, deleted.version + 1, None, after_change=True)
         return deleted
 
     async def resolve(self, keys: Sequence[Any], language: str | None, variables: Any) -> list[Resolved]:

@@ -147,3 +147,19 @@ async def test_cache_is_refreshed_on_change(pool: asyncpg.Pool, redis: Redis, pr
     assert (await reader.resolve([key], "en", {"name": "A"}))[0].text == "Hi A"
     await writer.delete(ADMIN, key)
     assert not (await reader.resolve([key], "en", {}))[0].found
+
+
+async def test_a_reader_racing_a_delete_cannot_bring_the_message_back(
+    pool: asyncpg.Pool, redis: Redis, prefix: str
+) -> None:
+    service = service_for(pool, redis, prefix)
+    key = f"{prefix}.raced"
+    stored, _ = await service.upsert(ADMIN, key, body())
+    await service.delete(ADMIN, key)
+    # What a reader that fetched the row just before the delete would store afterwards.
+    cache = VersionedCache(redis, f"co-test:{prefix}:", 60)
+    await cache.put(key, stored.version, {"stale": True})
+    assert not (await service.resolve([key], "en", {}))[0].found
+    # Made again under the same key: served (from Postgres) at once.
+    await service.upsert(ADMIN, key, body(translations={"en": "Back {{name}}"}))
+    assert (await service.resolve([key], "en", {"name": "B"}))[0].text == "Back B"
