@@ -40,11 +40,31 @@ TASK_COLUMNS = (
     "callback_url"
 )
 
-_INSERT_TASK = f"""
-WITH t AS (
+
+def _insert_task_sql(*, with_key: bool) -> str:
+    """The insert of a new task with its ``task.created`` event and first log line, one statement.
+
+    With the caller's idempotency key the task is inserted only if the key was not there: a
+    concurrent insert of the same key waits for the first one's commit, then inserts nothing (the
+    key's foreign key to the task is checked at the end of the statement).
+    """
+    key = (
+        "k AS (\n"
+        "  INSERT INTO idempotency_keys (principal, key, request_hash, task_id, created_at)\n"
+        "  VALUES ($20, $21, $22, $1, $14)\n"
+        "  ON CONFLICT (principal, key) DO NOTHING\n"
+        "  RETURNING task_id\n"
+        "), "
+        if with_key
+        else ""
+    )
+    guard = "WHERE EXISTS (SELECT 1 FROM k)" if with_key else ""
+    return f"""
+WITH {key}t AS (
   INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
-  VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
-          0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, $19, 0)
+  SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
+         0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, $19, 0
+  {guard}
   RETURNING id
 ), e AS (
   INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
@@ -54,28 +74,9 @@ INSERT INTO task_logs (task_id, seq, level, message, created_at)
 SELECT id, 0, 'info', $16, $14 FROM t
 """
 
-# The same, with the caller's idempotency key, in one statement: the task is inserted only if the key
-# was not there. A concurrent insert of the same key waits for the first one's commit, then inserts
-# nothing. (The key's foreign key to the task is checked at the end of the statement.)
-_INSERT_TASK_WITH_KEY = f"""
-WITH k AS (
-  INSERT INTO idempotency_keys (principal, key, request_hash, task_id, created_at)
-  VALUES ($20, $21, $22, $1, $14)
-  ON CONFLICT (principal, key) DO NOTHING
-  RETURNING task_id
-), t AS (
-  INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
-  SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
-         0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, $19, 0
-  WHERE EXISTS (SELECT 1 FROM k)
-  RETURNING id
-), e AS (
-  INSERT INTO task_events (task_id, seq, event_type, status, payload, created_at)
-  SELECT id, 0, 'task.created', $4, $15::jsonb, $14 FROM t
-)
-INSERT INTO task_logs (task_id, seq, level, message, created_at)
-SELECT id, 0, 'info', $16, $14 FROM t
-"""
+
+_INSERT_TASK = _insert_task_sql(with_key=False)
+_INSERT_TASK_WITH_KEY = _insert_task_sql(with_key=True)
 
 # How often an idempotent insert tries again when the key it met vanished (its task was deleted).
 _KEY_ATTEMPTS = 3

@@ -48,7 +48,7 @@ async def test_task_json_uses_the_seed_field_names(api: Client, who: str) -> Non
         "fileSize", "inputFileUrl", "outputFileUrl", "totalRecords", "processedRecords",
         "successRecords", "failedRecords", "progressPercentage", "scheduledAt", "startedAt",
         "completedAt", "errorMessage", "retryCount", "maxRetries", "createdAt", "updatedAt",
-        "paramsObject", "nextRetryAt", "manifest", "sourceTaskId", "filesAvailable",
+        "paramsObject", "nextRetryAt", "manifest", "sourceTaskId", "filesAvailable", "callbackUrl",
     }  # fmt: skip
 
 
