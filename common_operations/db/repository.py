@@ -87,6 +87,10 @@ _KEY_ATTEMPTS = 3
 # run closed without recording its end) applies only on the exact sequence and owner it read, and
 # hands the row to a closed owner, so a late write of the old owner is fenced out rather than taken
 # for a replay.
+# The same sequence with another event is not a replay: a worker that died after its local
+# activity wrote, but before its workflow task completed, leaves a write that history never
+# recorded, and the workflow task's next attempt (which may see new events, e.g. a cancel request)
+# can take another path and write something else under that sequence. That write applies.
 # The event and log lines are inserted only when the row update applied, so a replayed write adds
 # nothing; ``prev`` tells a replay (same owner, sequence already there) from a fenced-out writer.
 _MIRROR = """
@@ -102,7 +106,9 @@ WITH prev AS (
   WHERE id = $1 AND CASE
     WHEN $19::bigint IS NOT NULL THEN seq = $19 AND owner_run_id IS NOT DISTINCT FROM $20
     WHEN $21::bigint IS NOT NULL THEN seq = $21 AND owner_run_id IS DISTINCT FROM $20
-    ELSE owner_run_id = $20 AND seq < $2
+    ELSE owner_run_id = $20 AND (seq < $2 OR (seq = $2 AND NOT EXISTS (
+      SELECT 1 FROM task_events x WHERE x.task_id = $1 AND x.seq = $2 AND x.event_type = $15::text
+    )))
   END
   RETURNING id, cache_version
 ), e AS (

@@ -93,6 +93,26 @@ async def test_replayed_and_late_writes_of_the_owner_change_nothing(runtime: Run
     assert [log.seq for log in logs] == [0, 1, 3]
 
 
+async def test_a_write_lost_with_its_workflow_task_is_overwritten_by_the_path_taken_instead(
+    runtime: Runtime,
+) -> None:
+    # Seen in the deployed fault test: a worker wrote seq 2 (progress) and died before its workflow
+    # task completed; the retried workflow task also saw a cancel request and wrote seq 2 as the
+    # cancellation. Taking that for a replay left the task 'processing' forever.
+    task = await _runless_task(runtime)
+    env = ActivityEnvironment()
+    activity = MirrorActivities(runtime.repository).mirror_task_state
+    assert await env.run(activity, _write(task, 1, "processing", 10, "task.started", claim=True)) is APPLIED
+    assert await env.run(activity, _write(task, 2, "processing", 93, "task.progress")) is APPLIED
+    cancelled = _write(task, 2, "cancelled", 93, "task.cancelled")
+    assert await env.run(activity, cancelled) is APPLIED
+    assert await env.run(activity, cancelled) is DUPLICATE  # its own retry is still a replay
+    row = await runtime.tasks.get_task(WHO, task.id)
+    assert (row.status, row.seq) == (TaskStatus.CANCELLED, 2)
+    history = await _history(runtime, task)
+    assert history == [(0, "task.created"), (1, "task.started"), (2, "task.progress"), (2, "task.cancelled")]
+
+
 async def test_a_second_run_cannot_claim_a_task_another_run_owns(runtime: Runtime) -> None:
     task = await _runless_task(runtime)
     repo = runtime.repository
