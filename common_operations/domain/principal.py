@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common_operations.domain.errors import PermissionDenied
+
+ADMIN_ROLE = "admin"
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -18,3 +22,13 @@ class Principal:
 
 
 ANONYMOUS = Principal(subject="anonymous")
+
+
+def require_admin(principal: Principal, action: str) -> None:
+    """Refuse ``action`` (e.g. "changing messages") to a caller without the admin role.
+
+    Raises:
+        PermissionDenied: the caller is not an admin.
+    """
+    if not principal.has_role(ADMIN_ROLE):
+        raise PermissionDenied(f"{action} needs the {ADMIN_ROLE} role")

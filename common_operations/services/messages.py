@@ -15,13 +15,11 @@ from common_operations.db.messages_repository import (
     message_from_document,
 )
 from common_operations.domain import messages as rules
-from common_operations.domain.errors import MessageNotFound, PermissionDenied, quoted
+from common_operations.domain.errors import MessageNotFound, quoted
 from common_operations.domain.messages import Message, MessagePage, Resolved
 from common_operations.domain.preconditions import VersionCondition
-from common_operations.domain.principal import Principal
+from common_operations.domain.principal import Principal, require_admin
 from common_operations.infra.versioned_cache import VersionedCache
-
-ADMIN_ROLE = "admin"
 
 
 class MessagesService:
@@ -81,7 +79,7 @@ class MessagesService:
             ValidationFailed: an invalid field (named in ``field``).
             PreconditionFailed: the condition does not hold.
         """
-        _require_admin(principal)
+        require_admin(principal, "changing messages")
         message = rules.new_message(
             key,
             category=fields.get("category"),
@@ -112,7 +110,7 @@ class MessagesService:
             MessageNotFound: there is none (and no condition was given).
             PreconditionFailed: the condition does not hold.
         """
-        _require_admin(principal)
+        require_admin(principal, "changing messages")
         rules.validate_key(key)
 
         def decide(current: Message | None) -> bool:
@@ -162,8 +160,3 @@ class MessagesService:
                 messages[key] = message
                 await self._cache.put(key, message.version, message_document(message))
         return messages
-
-
-def _require_admin(principal: Principal) -> None:
-    if not principal.has_role(ADMIN_ROLE):
-        raise PermissionDenied(f"changing messages needs the {ADMIN_ROLE} role")

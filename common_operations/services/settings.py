@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from common_operations.db.settings_repository import GroupChange, SettingsRepository, StoredGroup
-from common_operations.domain.errors import PermissionDenied, SettingsGroupNotFound, quoted
+from common_operations.domain.errors import SettingsGroupNotFound, quoted
 from common_operations.domain.preconditions import VersionCondition
-from common_operations.domain.principal import Principal
+from common_operations.domain.principal import Principal, require_admin
 from common_operations.domain.settings_schema import GroupSchema
 from common_operations.infra.versioned_cache import VersionedCache
-
-ADMIN_ROLE = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +61,7 @@ class SettingsService:
             PermissionDenied: the caller is not an admin.
             SettingsGroupNotFound: no such group is declared.
         """
-        _require_admin(principal, group)
+        require_admin(principal, f"the {group[:100]} settings group")
         schema = self._schema(group)
         stored = await self._read(group)
         return SettingsView(group, schema.effective(stored.values), stored.version)
@@ -103,7 +101,7 @@ class SettingsService:
             ValidationFailed: an unknown key or invalid value (named in ``field``).
             PreconditionFailed: the group's version is not the one the condition names.
         """
-        _require_admin(principal, group)
+        require_admin(principal, f"the {group[:100]} settings group")
         schema = self._schema(group)
         checked = schema.validate_patch(patch)
         changed_keys: list[str] = []
@@ -155,8 +153,3 @@ class SettingsService:
                 group=group[:100],
             )
         return schema
-
-
-def _require_admin(principal: Principal, group: str) -> None:
-    if not principal.has_role(ADMIN_ROLE):
-        raise PermissionDenied(f"the {group[:100]} settings need the {ADMIN_ROLE} role")
