@@ -96,9 +96,9 @@ async def open_runtime(
         settings.database.url, pool_min=settings.database.pool_min, pool_max=settings.database.pool_max
     )
     redis = cache.connect(settings.redis_url) if settings.redis_url else None
-    # GetTask's cache has a client of its own: short timeouts and no retries, so that a slow or
+    # The caches share a client of their own: short timeouts and no retries, so that a slow or
     # missing Redis costs a cache miss, never a slow answer or a slow mirror write.
-    cache_client = task_cache.connect(settings.redis_url) if settings.redis_url else None
+    cache_client = cache.connect_for_caches(settings.redis_url) if settings.redis_url else None
     tasks_cache = (
         task_cache.TaskCache(cache_client, ttl=settings.cache.task_ttl) if cache_client is not None else None
     )
@@ -157,11 +157,11 @@ async def open_runtime(
             settings_groups=SettingsService(
                 SettingsRepository(engine.pool),
                 load_setting_groups(settings.settings_groups.schemas_dir),
-                VersionedCache(redis, "co:settings:", settings.cache.settings_ttl),
+                VersionedCache(cache_client, "co:settings:", settings.cache.settings_ttl),
             ),
             messages=MessagesService(
                 MessagesRepository(engine.pool),
-                VersionedCache(redis, "co:messages:", settings.cache.messages_ttl),
+                VersionedCache(cache_client, "co:messages:", settings.cache.messages_ttl),
             ),
             redis=redis,
             relay=relay,

@@ -24,27 +24,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 import uuid
 from datetime import datetime
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import RecordCounts, Task
+from common_operations.infra.cache import CACHE_RETRY_AFTER, RedisOutage
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX: Final = "co:task:"
 # Above any version a row reaches (Lua compares numbers as doubles: exact up to 2**53).
 TOMBSTONE: Final = 2**53
-# A cache answers fast or not at all: a slow Redis must not slow GetTask or a mirror write.
-SOCKET_TIMEOUT: Final = 0.5
-RETRY_AFTER: Final = 5.0
 MAX_PENDING_FLOORS: Final = 10_000
 
 # Store a reader's snapshot of version ARGV[1] unless the entry holds a newer version, or the same
@@ -72,16 +67,6 @@ return 1
 """
 
 
-def connect(url: str) -> Redis:
-    """A client for the cache: short timeouts and no retries (a miss is cheaper than a wait)."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-    )
-
-
 def cache_key(task_id: uuid.UUID, prefix: str = KEY_PREFIX) -> str:
     """The Redis key of a task's entry."""
     return f"{prefix}{task_id}"
@@ -96,13 +81,13 @@ class TaskCache:
         *,
         ttl: float,
         prefix: str = KEY_PREFIX,
-        retry_after: float = RETRY_AFTER,
+        retry_after: float = CACHE_RETRY_AFTER,
         max_pending: int = MAX_PENDING_FLOORS,
     ) -> None:
         """Cache in ``client``.
 
         Args:
-            client: a Redis client (see :func:`connect`); the cache does not close it.
+            client: a Redis client (see :func:`infra.cache.connect_for_caches`); not closed here.
             ttl: seconds an entry (snapshot, floor or tombstone) lives.
             prefix: of the keys (tests use their own).
             retry_after: seconds Redis is left alone after a failed call.
@@ -115,7 +100,7 @@ class TaskCache:
         self._max_pending = max_pending
         self._store = client.register_script(_STORE)
         self._floor = client.register_script(_FLOOR)
-        self._down_until = 0.0
+        self._outage = RedisOutage("task cache", retry_after)
         self._pending: dict[uuid.UUID, int] = {}
 
     def key(self, task_id: uuid.UUID) -> str:
@@ -129,7 +114,7 @@ class TaskCache:
         try:
             raw = await self._client.hget(self.key(task_id), "s")
         except RedisError as err:
-            self._failed(err)
+            self._outage.failed("call", err)
             return None
         return decode_task(raw) if raw is not None else None
 
@@ -146,7 +131,7 @@ class TaskCache:
                 keys=[self.key(task.id)], args=[version, encode_task(task), self._ttl_ms]
             )
         except RedisError as err:
-            self._failed(err)
+            self._outage.failed("call", err)
             return False
         return bool(stored)
 
@@ -163,13 +148,13 @@ class TaskCache:
         try:
             await self._floor(keys=[self.key(task_id)], args=[version, self._ttl_ms])
         except RedisError as err:
-            self._failed(err)
+            self._outage.failed("call", err)
             return False
         return True
 
     async def _ready(self) -> bool:
         """Whether Redis may be used now: not within ``retry_after`` of a failure, no floor owed."""
-        if time.monotonic() < self._down_until:
+        if not self._outage.up:
             return False
         while self._pending:
             task_id, version = next(iter(self._pending.items()))
@@ -187,14 +172,6 @@ class TaskCache:
             )
             return
         self._pending[task_id] = max(version, self._pending.get(task_id, version))
-
-    def _failed(self, err: RedisError) -> None:
-        now = time.monotonic()
-        if now >= self._down_until:
-            log.warning(
-                "task cache: Redis unavailable (%s); serving from Postgres for %.0fs", err, self._retry_after
-            )
-        self._down_until = now + self._retry_after
 
 
 # Task fields by the type their annotation names (annotations are strings here: PEP 563).

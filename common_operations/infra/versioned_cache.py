@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from common_operations.infra.cache import CACHE_RETRY_AFTER, RedisOutage
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ return 1
 class VersionedCache:
     """Versioned JSON documents under ``<prefix><name>`` with a time to live."""
 
-    def __init__(self, redis: Redis | None, prefix: str, ttl: float, *, retry_after: float = 5.0) -> None:
+    def __init__(
+        self, redis: Redis | None, prefix: str, ttl: float, *, retry_after: float = CACHE_RETRY_AFTER
+    ) -> None:
         """Cache in ``redis`` (None: no caching at all).
 
         Args:
@@ -46,8 +49,7 @@ class VersionedCache:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = max(1, int(ttl * 1000))
-        self._retry_after = retry_after
-        self._down_until = 0.0
+        self._outage = RedisOutage(f"cache {prefix}", retry_after)
 
     async def get(self, name: str) -> tuple[int, Any] | None:
         """The cached ``(version, document)``, or None (absent, unreadable or Redis unavailable)."""
@@ -56,7 +58,7 @@ class VersionedCache:
         try:
             raw = await self._redis.get(self._prefix + name)  # type: ignore[union-attr]
         except (RedisError, OSError) as exc:
-            self._failed("get", exc)
+            self._outage.failed("get", exc)
             return None
         return _decode(raw) if raw is not None else None
 
@@ -67,7 +69,7 @@ class VersionedCache:
         try:
             raws = await self._redis.mget([self._prefix + n for n in names])  # type: ignore[union-attr]
         except (RedisError, OSError) as exc:
-            self._failed("get", exc)
+            self._outage.failed("get", exc)
             return {}
         found: dict[str, tuple[int, Any]] = {}
         for name, raw in zip(names, raws, strict=True):
@@ -93,20 +95,10 @@ class VersionedCache:
                 _SET_IF_NEWER, 1, self._prefix + name, str(version), body, str(self._ttl_ms)
             )
         except (RedisError, OSError) as exc:
-            self._failed("put", exc)
+            self._outage.failed("put", exc)
 
     def _usable(self) -> bool:
-        return self._redis is not None and time.monotonic() >= self._down_until
-
-    def _failed(self, operation: str, exc: Exception) -> None:
-        self._down_until = time.monotonic() + self._retry_after
-        log.warning(
-            "redis cache %s %s failed (skipped for %.0fs): %s",
-            self._prefix,
-            operation,
-            self._retry_after,
-            exc,
-        )
+        return self._redis is not None and self._outage.up
 
 
 def _decode(raw: bytes | str) -> tuple[int, Any] | None:

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import RecordCounts, Task
-from common_operations.infra.task_cache import TOMBSTONE, TaskCache, connect, decode_task, encode_task
+from common_operations.infra.cache import connect_for_caches as connect
+from common_operations.infra.task_cache import TOMBSTONE, TaskCache, decode_task, encode_task
 
 
 def a_task(**changes: object) -> Task:
