@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +30,6 @@ from common_operations.services.settings import SettingsService
 PAYMENT_YAML = Path(__file__).resolve().parents[2] / "configs" / "settings" / "payment.yaml"
 ADMIN = Principal("alice", frozenset({"admin"}))
 USER = Principal("bob", frozenset({"customer"}))
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=5)
-    assert pool is not None
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -30,13 +30,6 @@ def settings(settings: Settings, redis_url: str) -> Settings:
     return settings
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> Redis:
-    client = Redis.from_url(redis_url)
-    yield client  # type: ignore[misc]
-    await client.aclose()
-
-
 def cache_of(runtime: Runtime) -> TaskCache:
     cache = runtime.tasks.cache
     assert cache is not None
