@@ -136,7 +136,7 @@ class TaskService:
     async def _get(self, task_id: uuid.UUID) -> Task:
         task = await self.repository.get(task_id)
         if task is None:
-            raise TaskNotFound(f"task {task_id} not found", id=str(task_id))
+            raise _not_found(task_id)
         return task
 
     async def create_task(self, principal: Principal, cmd: CreateTask) -> Task:
@@ -159,15 +159,13 @@ class TaskService:
             IdempotencyKeyReused: the caller used the key before with a different request.
         """
         max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
-        # validate_create keeps only what the row stores; the key and content type are read here.
-        given = cmd
         cmd = validate_create(
             replace(cmd, requested_by=cmd.requested_by or principal.subject, max_retries=max_retries)
         )
         if cmd.callback_url is not None:
             # Before anything is written: a refused URL (SSRF rules) means no task at all.
             await check_callback_url(cmd.callback_url, self.webhooks)
-        key = None if given.idempotency_key is None else validate_key(given.idempotency_key)
+        key = None if cmd.idempotency_key is None else validate_key(cmd.idempotency_key)
         handler = self.settings.handler_for(cmd.task_type)
         task_id = uuid.uuid4()
         prepared, source_task_id = PreparedFiles(files={}), None
@@ -200,11 +198,7 @@ class TaskService:
         message = f"task created by {principal.subject}{when}"
         if key is None:
             await self.repository.insert_task(task, message)
-        elif (
-            earlier := await self._insert_once(
-                principal, replace(cmd, content_type=given.content_type), key, task, message
-            )
-        ) is not None:
+        elif (earlier := await self._insert_once(principal, cmd, key, task, message)) is not None:
             return CreatedTask(self._replayed(earlier, cmd), created=False)
         try:
             run_id = await self.runs.ensure_started(task)
@@ -316,7 +310,7 @@ class TaskService:
             return cached
         found = await self.repository.get_versioned(task_id)
         if found is None:
-            raise TaskNotFound(f"task {task_id} not found", id=str(task_id))
+            raise _not_found(task_id)
         task, version = found
         await self.cache.store(task, version)
         return task
@@ -531,3 +525,7 @@ async def _probe(probe: Callable[[], Awaitable[None]]) -> str:
     except Exception as err:
         return f"down: {type(err).__name__}: {err}"
     return "up"
+
+
+def _not_found(task_id: uuid.UUID) -> TaskNotFound:
+    return TaskNotFound(f"task {task_id} not found", id=str(task_id))
