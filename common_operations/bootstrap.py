@@ -15,6 +15,7 @@ from temporalio.client import Client
 from common_operations.activities.bulk import BulkContext
 from common_operations.config import Settings
 from common_operations.db import engine as db_engine
+from common_operations.db.audit_repository import AuditLog
 from common_operations.db.bulk_repository import BulkRepository
 from common_operations.db.messages_repository import MessagesRepository
 from common_operations.db.outbox_repository import OutboxRepository
@@ -30,6 +31,7 @@ from common_operations.infra.storage import Storage, build_storage
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.infra.versioned_cache import VersionedCache
 from common_operations.services.bulk import BulkService
+from common_operations.services.identity import Authenticator
 from common_operations.services.messages import MessagesService
 from common_operations.services.reconciler import Reconciler, reconciler_probes
 from common_operations.services.relay import OutboxRelay
@@ -54,6 +56,9 @@ class Runtime:
     # Settings groups (configs/settings) and the messages catalogue.
     settings_groups: SettingsService
     messages: MessagesService
+    # Who callers are (both transports), and the admin audit log.
+    auth: Authenticator
+    audit: AuditLog
     # Optional: caches and the redis event backend use it; None when no redis_url is configured.
     redis: Redis | None = None
     # The outbox relay (events.backend); its sweeper runs in the worker, its fast path in the mirror.
@@ -135,6 +140,7 @@ async def open_runtime(
         # Built here so a misconfigured backend (redis without a URL) fails at start.
         publisher = build_publisher(settings.events, redis_url=settings.redis_url, redis=redis)
         relay = OutboxRelay(OutboxRepository(engine.pool), repository, publisher, settings.events)
+        audit = AuditLog(engine.pool)
         yield Runtime(
             settings=settings,
             engine=engine,
@@ -149,6 +155,7 @@ async def open_runtime(
                 bulk=bulk,
                 cache=tasks_cache,
                 webhooks=settings.webhooks,
+                audit=audit,
             ),
             storage=storage,
             entities=entities,
@@ -163,6 +170,8 @@ async def open_runtime(
                 MessagesRepository(engine.pool),
                 VersionedCache(cache_client, "co:messages:", settings.cache.messages_ttl),
             ),
+            auth=Authenticator(settings.auth),
+            audit=audit,
             redis=redis,
             relay=relay,
         )

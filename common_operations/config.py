@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -60,6 +60,9 @@ class TaskTypeSettings(BaseModel):
     heartbeat_timeout: float = Field(300.0, gt=0, description="seconds of worker silence tolerated")
     retry: RetrySettings = RetrySettings()
     auto_retry: AutoRetrySettings | None = None
+    # Who may report progress (UpdateTaskProgress) on tasks of this type: principal subjects with
+    # the `service` role, or "*" for any of them. Admins always may; end users never.
+    reporters: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _delegated_needs_a_target(self) -> TaskTypeSettings:
@@ -146,15 +149,97 @@ class OperationsSettings(BaseModel):
 class HttpSettings(BaseModel):
     """REST listener."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # TLS: both set → HTTPS only.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # CORS is off unless origins are listed (exact origins; no wildcard with credentials).
+    cors_origins: list[str] = Field(default_factory=list)
+    # The OpenAPI document and Swagger UI under /docs.
+    docs: bool = True
+    # Roles that may read /metrics and /health/detailed (empty: anyone who reaches the port).
+    internal_roles: list[str] = Field(default_factory=lambda: ["admin", "operator"])
 
 
 class GrpcSettings(BaseModel):
     """gRPC listener."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = Field(9000, ge=0, le=65535)
+    # TLS: both set → a TLS listener; with tls_client_ca_file, client certificates are checked
+    # (required when require_client_cert) and a verified certificate's subject is the principal.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    require_client_cert: bool = False
+    # The server reflection service (grpcurl without the .proto files).
+    reflection: bool = True
+
+
+class JwtSettings(BaseModel):
+    """How bearer tokens are verified (any of jwks_url, public_key(_file), secret)."""
+
+    jwks_url: str | None = None
+    # A PEM public key (RS256/ES256), inline or from a file.
+    public_key: str | None = None
+    public_key_file: Path | None = None
+    # HS256 shared secret (also JWT_SECRET or the file named by JWT_SECRET_FILE).
+    secret: SecretStr | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = Field(30.0, ge=0, description="seconds of clock skew tolerated (exp, nbf, iat)")
+    subject_claim: str = "sub"
+    # Where the roles are: a claim name, dotted for nested claims ("realm_access.roles").
+    roles_claim: str = "roles"
+    jwks_cache_seconds: float = Field(300.0, gt=0, description="seconds a fetched JWKS is trusted")
+
+
+class AuthSettings(BaseModel):
+    """Who callers are.
+
+    ``required``: every request but the public ones needs a bearer token, an API key or (gRPC) a
+    verified client certificate. ``dev`` (the embedded `make run` default, loopback only): a request
+    without credentials is the local admin; one with credentials is verified as usual.
+    """
+
+    mode: str = Field("required", pattern="^(dev|required)$")
+    dev_subject: str = "local-admin"
+    dev_roles: list[str] = Field(default_factory=lambda: ["admin"])
+    jwt: JwtSettings = JwtSettings()
+    api_key_header: str = "x-api-key"
+    # Seconds between two writes of an API key's last use.
+    api_key_touch_interval: float = Field(60.0, ge=0)
+    # Roles of the subjects of verified gRPC client certificates (subject → roles).
+    mtls_roles: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``requests`` at once, refilled at ``requests`` per ``per_seconds``."""
+
+    requests: int = Field(ge=1)
+    per_seconds: float = Field(gt=0)
+
+
+class LimitSettings(BaseModel):
+    """Per-principal rate limits (Redis token buckets shared by replicas) and the unfinished-task cap."""
+
+    enabled: bool = True
+    # Operation → bucket per principal; "progress" is per principal and task.
+    rates: dict[str, RateLimit] = Field(
+        default_factory=lambda: {
+            "create": RateLimit(requests=600, per_seconds=60),
+            "progress": RateLimit(requests=50, per_seconds=1),
+            "read": RateLimit(requests=3000, per_seconds=60),
+            "change": RateLimit(requests=600, per_seconds=60),
+            "admin": RateLimit(requests=300, per_seconds=60),
+        }
+    )
+    # Tasks one owner (requestedBy) may have not yet finished; null: no cap.
+    max_unfinished_tasks: int | None = Field(1000, ge=1)
+    # Roles the limits do not apply to.
+    exempt_roles: list[str] = Field(default_factory=list)
 
 
 class TemporalSettings(BaseModel):
@@ -323,6 +408,8 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     cache: CacheSettings = CacheSettings()
     settings_groups: SettingsGroupsSettings = SettingsGroupsSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     temporal_address: str | None = Field(
         None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "temporal_address")
@@ -335,6 +422,7 @@ class Settings(BaseSettings):
     dapr_http_endpoint: str | None = Field(None, validation_alias=AliasChoices("DAPR_HTTP_ENDPOINT"))
     dapr_api_token: str | None = Field(None, validation_alias=AliasChoices("DAPR_API_TOKEN"))
     webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))
+    jwt_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("JWT_SECRET"))
 
     @field_validator("data_dir")
     @classmethod
@@ -366,6 +454,7 @@ class Settings(BaseSettings):
         self.events.dapr_http_endpoint = self.dapr_http_endpoint or self.events.dapr_http_endpoint
         self.events.dapr_api_token = self.dapr_api_token or self.events.dapr_api_token
         self.webhooks.secret = self.webhook_secret or self.webhooks.secret
+        self.auth.jwt.secret = self.jwt_secret or self.auth.jwt.secret
 
 
 @lru_cache(maxsize=1)

@@ -31,6 +31,7 @@ from common_operations.domain.workflow_types import reconciler_workflow_id
 from common_operations.infra.binaries import wheel_binary
 from common_operations.worker import build_worker, ensure_reconciler
 from common_operations.workflows.task_workflow import SEARCH_ATTRIBUTE_KEYS
+from tests.auth_support import auth_settings
 
 
 @pytest.fixture(scope="session")
@@ -195,10 +196,10 @@ def make_settings(
 ) -> Settings:
     """Settings for a test: the seed's external types plus fast-timing test types."""
     types = {
-        "process": TaskTypeSettings(kind="external", heartbeat_timeout=300),
-        "data_sync": TaskTypeSettings(kind="external", heartbeat_timeout=300),
-        "report_generation": TaskTypeSettings(kind="external", heartbeat_timeout=300),
-        "silent_check": TaskTypeSettings(kind="external", heartbeat_timeout=1.5),
+        "process": TaskTypeSettings(kind="external", heartbeat_timeout=300, reporters=["*"]),
+        "data_sync": TaskTypeSettings(kind="external", heartbeat_timeout=300, reporters=["*"]),
+        "report_generation": TaskTypeSettings(kind="external", heartbeat_timeout=300, reporters=["*"]),
+        "silent_check": TaskTypeSettings(kind="external", heartbeat_timeout=1.5, reporters=["*"]),
         "delegated_echo": TaskTypeSettings(
             kind="delegated",
             task_queue=delegate_queue,
@@ -232,6 +233,7 @@ def make_settings(
         "retrying_check": TaskTypeSettings(
             kind="external",
             heartbeat_timeout=2,
+            reporters=["*"],
             auto_retry={
                 "attempts": 2,
                 "initial_interval": 1,
@@ -258,6 +260,10 @@ def make_settings(
         temporal_address=address,
         temporal={"address": address, "task_queue": task_queue, "search_attributes": search_attributes},
         operations=OperationsSettings(**ops),
+        # dev mode: no credentials = the local admin; tokens signed with the test secret verify.
+        auth=auth_settings("dev"),
+        # Off except in the rate-limit tests: the session's tests share one database and principal.
+        limits={"enabled": False, "max_unfinished_tasks": None},
     )
 
 

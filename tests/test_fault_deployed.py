@@ -62,6 +62,8 @@ from common_operations.grpc.v1 import operations_pb2 as pb
 from common_operations.grpc.v1 import operations_pb2_grpc
 from common_operations.infra.embedded import EmbeddedPostgres, EmbeddedTemporal
 from common_operations.worker import build_worker
+from tests.auth_support import auth_settings, bearer
+from tests.auth_support import metadata as auth_metadata
 from tests.delegates import delegate_worker
 from tests.stack import alive, free_port
 
@@ -574,12 +576,12 @@ class Load:
 
 
 def metadata() -> tuple[tuple[str, str], ...]:
-    return (("x-user-id", "fault-test"),)
+    return auth_metadata("fault-test", ["admin"])
 
 
 async def rest(ep: Endpoint, method: str, path: str, body: dict[str, Any] | None) -> Reply:
     try:
-        r = await ep.http.request(method, path, json=body, headers={"x-user-id": "fault-test"})
+        r = await ep.http.request(method, path, json=body, headers=bearer("fault-test", ["admin"]))
     except httpx.HTTPError as err:
         return Reply(0, text=f"{type(err).__name__}: {err}")
     if r.status_code >= 300:
@@ -751,6 +753,9 @@ def write_config(path: Path, delegate_queue: str, work_queue: str) -> None:
     delegated = {"kind": "delegated", "heartbeat_timeout": 20, "retry": retry}
     config = {
         "log_level": "INFO",
+        # As deployed: every request needs credentials (the test's tokens), no rate limits.
+        "auth": auth_settings("required"),
+        "limits": {"enabled": False, "max_unfinished_tasks": None},
         "operations": {
             "cancel_wait": 10,
             "reconcile_interval": 1,

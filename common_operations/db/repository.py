@@ -37,7 +37,7 @@ TASK_COLUMNS = (
     "input_file_url, output_file_url, total_records, processed_records, success_records, "
     "failed_records, scheduled_at, started_at, completed_at, error_message, retry_count, "
     "max_retries, created_at, updated_at, seq, run_id, next_retry_at, owner_run_id, files, source_task_id, "
-    "callback_url"
+    "callback_url, created_by"
 )
 
 
@@ -51,7 +51,7 @@ def _insert_task_sql(*, with_key: bool) -> str:
     key = (
         "k AS (\n"
         "  INSERT INTO idempotency_keys (principal, key, request_hash, task_id, created_at)\n"
-        "  VALUES ($20, $21, $22, $1, $14)\n"
+        "  VALUES ($21, $22, $23, $1, $14)\n"
         "  ON CONFLICT (principal, key) DO NOTHING\n"
         "  RETURNING task_id\n"
         "), "
@@ -63,7 +63,7 @@ def _insert_task_sql(*, with_key: bool) -> str:
 WITH {key}t AS (
   INSERT INTO tasks ({TASK_COLUMNS}, progress_percentage)
   SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, 0, 0, 0, 0, $12, NULL, NULL, NULL,
-         0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, $19, 0
+         0, $13, $14, $14, 0, NULL, NULL, NULL, $17::jsonb, $18, $19, $20, 0
   {guard}
   RETURNING id
 ), e AS (
@@ -187,6 +187,7 @@ def _task_from_row(row: asyncpg.Record) -> Task:
         files=_json_object(row["files"]),
         source_task_id=row["source_task_id"],
         callback_url=row["callback_url"],
+        created_by=row["created_by"],
     )
 
 
@@ -342,6 +343,7 @@ class TaskRepository:
             json.dumps(task.files),
             task.source_task_id,
             task.callback_url,
+            task.created_by,
         )
 
     async def set_run_id(self, task_id: uuid.UUID, run_id: str) -> None:

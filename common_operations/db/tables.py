@@ -64,6 +64,9 @@ class Tasks(Table, tablename="tasks"):
     callback_url = Text(null=True, default=None)
     # Raised by a trigger on every update (migration 23:05): the task cache's snapshot version.
     cache_version = BigInt(default=0)
+    # The principal whose request created the task (requested_by is the owner; they differ when
+    # a service creates a task on behalf of a user). NULL for tasks created before issue 8.
+    created_by = Varchar(length=255, null=True, default=None)
 
 
 class TaskLogs(Table, tablename="task_logs"):
@@ -168,6 +171,40 @@ class IdempotencyKeys(Table, tablename="idempotency_keys"):
     created_at = Timestamptz(default=TimestamptzNow())
 
 
+class ApiKeys(Table, tablename="api_keys"):
+    """API keys of services: only a hash of the secret is kept (the key is shown once)."""
+
+    id = UUID(primary_key=True)
+    # The public part of the key ("co_<prefix>_<secret>"), how a presented key is looked up.
+    prefix = Varchar(length=32, unique=True)
+    # SHA-256 of the whole key, hex (the key is 256 random bits: no slow hash needed).
+    key_hash = Varchar(length=64)
+    principal = Varchar(length=255)
+    roles = JSONB(default=[])
+    description = Text(default="")
+    created_by = Varchar(length=255)
+    created_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz(null=True, default=None)
+    revoked_at = Timestamptz(null=True, default=None)
+    revoked_by = Varchar(length=255, null=True, default=None)
+    last_used_at = Timestamptz(null=True, default=None)
+
+
+class AdminAuditLog(Table, tablename="admin_audit_log"):
+    """Append-only record of privileged actions (a trigger refuses UPDATE, DELETE and TRUNCATE)."""
+
+    id = BigSerial(primary_key=True)
+    actor = Varchar(length=255)
+    actor_roles = JSONB(default=[])
+    action = Varchar(length=100)
+    entity_type = Varchar(length=100)
+    entity_id = Varchar(length=255)
+    old_state = JSONB(null=True, default=None)
+    new_state = JSONB(null=True, default=None)
+    metadata = JSONB(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: list[type[Table]] = [
     Tasks,
     TaskLogs,
@@ -178,4 +215,6 @@ ALL_TABLES: list[type[Table]] = [
     OutboxEvents,
     OutboxLeases,
     IdempotencyKeys,
+    ApiKeys,
+    AdminAuditLog,
 ]

@@ -14,6 +14,7 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"  # 404 / NOT_FOUND
     CONFLICT = "conflict"  # 409 / FAILED_PRECONDITION
     DUPLICATE = "duplicate"  # 409 / ALREADY_EXISTS
+    UNAUTHENTICATED = "unauthenticated"  # 401 + WWW-Authenticate / UNAUTHENTICATED
     FORBIDDEN = "forbidden"  # 403 / PERMISSION_DENIED
     PRECONDITION = "precondition"  # 412 / FAILED_PRECONDITION
     UNAVAILABLE = "unavailable"  # 503 / UNAVAILABLE
@@ -104,6 +105,17 @@ class PermissionDenied(DomainError):
     kind = ErrorKind.FORBIDDEN
 
 
+class Unauthenticated(DomainError):
+    """No credentials where they are required, or credentials that do not verify.
+
+    The message says which check failed (expired, wrong audience, unknown key, …) but never echoes
+    the credential.
+    """
+
+    code = "UNAUTHENTICATED"
+    kind = ErrorKind.UNAUTHENTICATED
+
+
 class PreconditionFailed(DomainError):
     """A conditional change (``If-Match``) named a version that is no longer the current one."""
 
@@ -152,6 +164,12 @@ class RateLimited(DomainError):
         if not math.isfinite(self.retry_after):
             return 1
         return max(0, math.ceil(self.retry_after))
+
+
+class QuotaExceeded(RateLimited):
+    """The owner has as many unfinished tasks as allowed; more once some finish or are cancelled."""
+
+    code = "QUOTA_EXCEEDED"
 
 
 class PayloadTooLarge(DomainError):

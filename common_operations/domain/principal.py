@@ -7,21 +7,29 @@ from dataclasses import dataclass, field
 from common_operations.domain.errors import PermissionDenied
 
 ADMIN_ROLE = "admin"
+OPERATOR_ROLE = "operator"
+SERVICE_ROLE = "service"
+VIEWER_ROLE = "viewer"
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a subject and its roles."""
+    """Who is calling: a subject, its roles, and how that was established.
+
+    ``via`` is ``jwt``, ``api_key``, ``mtls``, ``dev`` (the local admin of dev mode) or ``internal``
+    (this service's own jobs and the CLI).
+    """
 
     subject: str
     roles: frozenset[str] = field(default_factory=frozenset)
+    via: str = "internal"
 
     def has_role(self, role: str) -> bool:
         """Whether the caller holds ``role``."""
         return role in self.roles
 
 
-ANONYMOUS = Principal(subject="anonymous")
+ANONYMOUS = Principal(subject="anonymous", via="anonymous")
 
 
 def require_admin(principal: Principal, action: str) -> None:

@@ -99,6 +99,9 @@ class Task:
     source_task_id: uuid.UUID | None = None
     # Where the final state is POSTed, signed (see services.webhooks).
     callback_url: str | None = None
+    # The principal whose request created the task; differs from requested_by when a service
+    # created it on behalf of a user (None for tasks older than this column).
+    created_by: str | None = None
     # Only on the answer to CreateTask: where (and until when) the input file may be uploaded.
     upload_url: str | None = None
     upload_url_expires_at: datetime | None = None

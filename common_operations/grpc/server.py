@@ -96,7 +96,7 @@ async def build_server(
         RuntimeError: the address cannot be bound.
     """
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    add_operations_service(OperationsServicer(runtime.tasks), server)
+    add_operations_service(OperationsServicer(runtime.tasks, runtime.auth), server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((OPERATIONS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

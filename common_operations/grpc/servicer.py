@@ -14,43 +14,51 @@ from common_operations.grpc import mapping
 from common_operations.grpc.errors import Context, grpc_errors
 from common_operations.grpc.v1 import operations_pb2 as pb
 from common_operations.grpc.v1 import operations_pb2_grpc as pb_grpc
-from common_operations.services.identity import principal_from_headers
+from common_operations.services.identity import Authenticator
 from common_operations.services.tasks import TaskService
 
 
-def caller(context: Context) -> Principal:
-    """The principal named by the call's metadata (gRPC keys are already lower-case)."""
+def peer_subject(context: Context) -> str | None:
+    """The common name of the client certificate gRPC verified (mTLS), if there was one."""
+    names = list((context.auth_context() or {}).get("x509_common_name") or ())
+    return names[0].decode("utf-8", "replace") if names else None
+
+
+async def caller(auth: Authenticator, context: Context, *, public: bool = False) -> Principal:
+    """The principal the call's credentials prove (gRPC metadata keys are already lower-case)."""
     metadata = context.invocation_metadata() or ()
-    # Binary (``-bin``) entries carry bytes and can never name a caller.
-    return principal_from_headers({key: value for key, value in metadata if isinstance(value, str)})
+    # Binary (``-bin``) entries carry bytes and can never carry a credential.
+    headers = {key: value for key, value in metadata if isinstance(value, str)}
+    return await auth.authenticate(headers, peer_subject=peer_subject(context), public=public)
 
 
 class OperationsServicer(pb_grpc.OperationsServiceServicer):
     """The gRPC face of :class:`TaskService`."""
 
-    def __init__(self, tasks: TaskService) -> None:
-        """Serve the use cases of ``tasks``."""
+    def __init__(self, tasks: TaskService, auth: Authenticator) -> None:
+        """Serve the use cases of ``tasks`` to the callers ``auth`` verifies."""
         self._tasks = tasks
+        self._auth = auth
 
     @override
     @grpc_errors
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.CreateTaskResponse:
         """Record a task and start its workflow."""
-        result = await self._tasks.create(caller(context), mapping.create_task(request))
+        result = await self._tasks.create(await caller(self._auth, context), mapping.create_task(request))
         return mapping.created(result.task)
 
     @override
     @grpc_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         """One task by id."""
-        task = await self._tasks.get_task(caller(context), parse_task_id(request.id))
+        task = await self._tasks.get_task(await caller(self._auth, context), parse_task_id(request.id))
         return pb.GetTaskResponse(task=mapping.task_to_proto(task))
 
     @override
     @grpc_errors
     async def ListTasks(self, request: pb.ListTasksRequest, context: Context) -> pb.ListTasksResponse:
         """Tasks matching the filters, newest first."""
-        page = await self._tasks.list_tasks(caller(context), mapping.task_query(request))
+        page = await self._tasks.list_tasks(await caller(self._auth, context), mapping.task_query(request))
         return mapping.task_page(page)
 
     @override
@@ -58,7 +66,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     async def CancelTask(self, request: pb.CancelTaskRequest, context: Context) -> pb.CancelTaskResponse:
         """Cancel a scheduled, pending or processing task, for ``reason`` if given."""
         task = await self._tasks.cancel_task(
-            caller(context), parse_task_id(request.id), parse_cancel_reason(request.reason)
+            await caller(self._auth, context), parse_task_id(request.id), parse_cancel_reason(request.reason)
         )
         return pb.CancelTaskResponse(task=mapping.task_to_proto(task), success=True)
 
@@ -66,7 +74,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     @grpc_errors
     async def RetryTask(self, request: pb.RetryTaskRequest, context: Context) -> pb.RetryTaskResponse:
         """Start a new run of a failed task."""
-        task = await self._tasks.retry_task(caller(context), parse_task_id(request.id))
+        task = await self._tasks.retry_task(await caller(self._auth, context), parse_task_id(request.id))
         return pb.RetryTaskResponse(task=mapping.task_to_proto(task))
 
     @override
@@ -76,7 +84,9 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     ) -> pb.UpdateTaskProgressResponse:
         """Apply an external worker's progress report."""
         task = await self._tasks.update_progress(
-            caller(context), parse_task_id(request.task_id), mapping.progress_report(request)
+            await caller(self._auth, context),
+            parse_task_id(request.task_id),
+            mapping.progress_report(request),
         )
         return pb.UpdateTaskProgressResponse(task=mapping.task_to_proto(task), success=True)
 
@@ -87,7 +97,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     ) -> pb.GetDownloadUrlResponse:
         """Where the task's output file (or its row-level result, or its input) can be downloaded."""
         url = await self._tasks.download_url(
-            caller(context), parse_task_id(request.task_id), mapping.download_file(request)
+            await caller(self._auth, context), parse_task_id(request.task_id), mapping.download_file(request)
         )
         return mapping.download_url(url)
 
@@ -96,7 +106,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     async def GetTaskLogs(self, request: pb.GetTaskLogsRequest, context: Context) -> pb.GetTaskLogsResponse:
         """A page of the task's log lines, oldest first."""
         page = await self._tasks.task_logs(
-            caller(context), parse_task_id(request.task_id), mapping.page_request(request)
+            await caller(self._auth, context), parse_task_id(request.task_id), mapping.page_request(request)
         )
         return mapping.log_page(page)
 
@@ -107,7 +117,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     ) -> pb.GetTaskEventsResponse:
         """A page of the task's events in sequence order."""
         page = await self._tasks.task_events(
-            caller(context), parse_task_id(request.task_id), mapping.page_request(request)
+            await caller(self._auth, context), parse_task_id(request.task_id), mapping.page_request(request)
         )
         return mapping.event_page(page)
 
@@ -115,7 +125,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     @grpc_errors
     async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Context) -> pb.DeleteTaskResponse:
         """Delete a completed, failed or cancelled task."""
-        await self._tasks.delete_task(caller(context), parse_task_id(request.id))
+        await self._tasks.delete_task(await caller(self._auth, context), parse_task_id(request.id))
         return pb.DeleteTaskResponse(success=True)
 
     @override
@@ -125,7 +135,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     ) -> pb.CreateTaskResponse:
         """A new import of only the rows a finished import rejected; with file_name, its upload URL."""
         task = await self._tasks.retry_failed_rows(
-            caller(context),
+            await caller(self._auth, context),
             parse_task_id(request.id),
             file_name=request.file_name if request.HasField("file_name") else None,
             file_size=request.file_size if request.HasField("file_size") else None,
@@ -135,5 +145,6 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
     @override
     @grpc_errors
     async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
-        """Reachability of the backing services."""
+        """Reachability of the backing services (public, like REST's /health)."""
+        await caller(self._auth, context, public=True)
         return mapping.health(await self._tasks.health())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from common_operations.config import OperationsSettings, WebhookSettings
+from common_operations.db.audit_repository import AuditLog
 from common_operations.db.repository import TaskRepository
 from common_operations.domain.errors import (
     IdempotencyKeyReused,
@@ -111,6 +112,7 @@ class TaskService:
         bulk: BulkService | None = None,
         cache: TaskCache | None = None,
         webhooks: WebhookSettings | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         """Wire the service to its repository, Temporal gateway and settings.
 
@@ -123,6 +125,7 @@ class TaskService:
             bulk: files and options of built-in import/export tasks (None: such tasks are refused).
             cache: GetTask's Redis read-through cache (None: GetTask reads Postgres).
             webhooks: what a ``callbackUrl`` is checked against (None: no secret, so refused).
+            audit: the admin audit log (None: privileged actions are not recorded; tests only).
         """
         self.repository = repository
         self.workflows = workflows
@@ -132,6 +135,7 @@ class TaskService:
         self.bulk = bulk
         self.cache = cache
         self.webhooks = webhooks or WebhookSettings()
+        self.audit = audit
 
     async def _get(self, task_id: uuid.UUID) -> Task:
         task = await self.repository.get(task_id)

@@ -106,7 +106,9 @@ def create_app(runtime: Runtime) -> Litestar:
             MessagesController,
             metrics,
         ],
-        dependencies=dependencies(runtime.tasks, settings=runtime.settings_groups, messages=runtime.messages),
+        dependencies=dependencies(
+            runtime.tasks, runtime.auth, settings=runtime.settings_groups, messages=runtime.messages
+        ),
         exception_handlers=exception_handlers(),
         middleware=[metrics_middleware],
         before_send=[count_unmatched],

@@ -1,7 +1,8 @@
 """The one dependency every handler takes: who calls, and the service layer.
 
-The principal is resolved here and nowhere else, so real authentication (token verification,
-mTLS, …) replaces :func:`dependencies`' provider without touching a handler. It is a single
+The principal is resolved here and nowhere else (by :class:`Authenticator`); a handler marked
+``opt={"public": True}`` also serves callers without credentials (as the anonymous principal). It
+is a single
 dependency on purpose: Litestar resolves sibling dependencies concurrently in an anyio task group,
 which cost about 12 % of a GET's CPU for two trivial values.
 """
@@ -16,7 +17,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import SkipValidation
 
 from common_operations.domain.principal import Principal
-from common_operations.services.identity import principal_from_headers
+from common_operations.services.identity import Authenticator
 from common_operations.services.messages import MessagesService
 from common_operations.services.settings import SettingsService
 from common_operations.services.tasks import TaskService
@@ -38,15 +39,21 @@ class CallContext:
 Call = NamedDependency[SkipValidation[CallContext]]
 
 
+PUBLIC = {"public": True}
+
+
 def dependencies(
     tasks: TaskService,
+    auth: Authenticator,
     *,
     settings: SettingsService | None = None,
     messages: MessagesService | None = None,
 ) -> dict[str, Provide]:
-    """The app-wide dependency ``call``, built per request from the trusted headers."""
+    """The app-wide dependency ``call``, built per request from the request's credentials."""
 
-    def provide_call(request: Request[Any, Any, Any]) -> CallContext:
-        return CallContext(principal_from_headers(request.headers), tasks, settings, messages)
+    async def provide_call(request: Request[Any, Any, Any]) -> CallContext:
+        public = bool(request.route_handler.opt.get("public"))
+        principal = await auth.authenticate(request.headers, public=public)
+        return CallContext(principal, tasks, settings, messages)
 
-    return {"call": Provide(provide_call, sync_to_thread=False)}
+    return {"call": Provide(provide_call)}

@@ -31,6 +31,7 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.DUPLICATE: 409,
+    ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.PRECONDITION: 412,
     ErrorKind.UNAVAILABLE: 503,
@@ -128,6 +129,8 @@ def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> R
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(exc.retry_after_seconds)}
+    elif exc.kind is ErrorKind.UNAUTHENTICATED:
+        headers = {"WWW-Authenticate": 'Bearer realm="common-operations"'}
     return problem(request, status, exc.code, exc.message, errors=errors, details=details, headers=headers)
 
 

@@ -13,14 +13,16 @@ import pytest
 from google.protobuf import struct_pb2
 
 from common_operations.grpc.v1 import operations_pb2 as pb
+from tests.auth_support import metadata
 
 if TYPE_CHECKING:
     from common_operations.grpc.v1.operations_pb2_grpc import OperationsServiceAsyncStub
 
 T = TypeVar("T")
 
-ALICE = (("x-user-id", "alice"), ("x-user-roles", "operator"))
-WORKER = (("x-user-id", "catalog-worker"),)
+ALICE = metadata("alice", ["operator"])
+# The catalog's worker: a service allowed to report on every test task type ("*" reporters).
+WORKER = metadata("catalog-worker", ["service"])
 
 
 def owner(prefix: str = "grpc") -> str:

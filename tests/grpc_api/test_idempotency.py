@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from common_operations.grpc.v1 import operations_pb2 as pb
+from tests.auth_support import metadata
 from tests.grpc_api.support import ALICE, expect_error, owner
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ async def test_the_key_with_another_body_is_already_exists(stub: OperationsServi
 
 async def test_another_caller_with_the_same_key_gets_its_own_task(stub: OperationsServiceAsyncStub) -> None:
     key, who = uuid.uuid4().hex, owner()
-    bob = (("x-user-id", f"bob-{who}"),)
+    bob = metadata(f"bob-{who}", ["operator"])
     a = await stub.CreateTask(request(key, who), metadata=ALICE)
     b = await stub.CreateTask(request(key, who), metadata=bob)
     assert a.task.id != b.task.id

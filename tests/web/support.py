@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 from httpx import Response
 
+from tests.auth_support import bearer
 from tests.helpers import assert_eventually
 
 TASKS = "/api/v1/operations/tasks"
@@ -14,8 +15,8 @@ Client = httpx.AsyncClient
 
 
 def caller(who: str) -> dict[str, str]:
-    """Headers naming the caller (the gateway's trusted headers)."""
-    return {"x-user-id": who, "x-user-roles": "operator"}
+    """Headers of a verified caller ``who`` with the operator role (a test token)."""
+    return bearer(who, ["operator"])
 
 
 async def create(api: Client, who: str, **body: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 from common_operations.grpc.v1 import operations_pb2 as pb
 from tests.grpc_api.seed_contract import SEED, SEED_HTTP
 from tests.grpc_api.support import record_output
-from tests.web.support import TASKS, Client, create, reported
+from tests.web.support import TASKS, Client, caller, create, reported
 
 TASK_KEYS = {
     "id", "taskType", "entityType", "status", "priority", "requestedBy", "params", "paramsObject",
@@ -132,9 +132,7 @@ def json_names(message: str) -> set[str]:
 async def _answers(api: Client, who: str, database_url: str) -> dict[str, Any]:
     """One real 2xx answer of every task RPC, by RPC name."""
     answers: dict[str, Any] = {}
-    resp = await api.post(
-        TASKS, json={"taskType": "process", "params": {"sku": "A1"}}, headers={"x-user-id": who}
-    )
+    resp = await api.post(TASKS, json={"taskType": "process", "params": {"sku": "A1"}}, headers=caller(who))
     assert resp.status_code == 201, resp.text
     answers["CreateTask"] = resp.json()
     task_id = answers["CreateTask"]["task"]["id"]

@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from common_operations.bootstrap import Runtime
+from tests.auth_support import bearer
 
-ADMIN = {"x-user-id": "alice", "x-user-roles": "admin"}
+ADMIN = bearer("alice", ["admin"])
 MESSAGES = "/api/v1/messages"
 
 
@@ -55,7 +56,7 @@ async def test_upsert_get_list_delete(api: httpx.AsyncClient, runtime: Runtime, 
 
 
 async def test_only_admins_upsert(api: httpx.AsyncClient, prefix: str) -> None:
-    resp = await api.put(f"{MESSAGES}/{prefix}.x", json=body(), headers={"x-user-id": "bob"})
+    resp = await api.put(f"{MESSAGES}/{prefix}.x", json=body(), headers=bearer("bob"))
     assert resp.status_code == 403 and resp.json()["code"] == "PERMISSION_DENIED"
     assert (await api.get(f"{MESSAGES}/{prefix}.x")).status_code == 404
 

@@ -19,10 +19,11 @@ from common_operations.domain.settings_schema import parse_group_schema
 from common_operations.infra.versioned_cache import VersionedCache
 from common_operations.services.settings import SettingsService
 from common_operations.web.app import create_app
+from tests.auth_support import bearer
 
 PAYMENT_YAML = Path(__file__).resolve().parents[2] / "configs" / "settings" / "payment.yaml"
-ADMIN = {"x-user-id": "alice", "x-user-roles": "admin"}
-CUSTOMER = {"x-user-id": "bob", "x-user-roles": "customer"}
+ADMIN = bearer("alice", ["admin"])
+CUSTOMER = bearer("bob", ["customer"])
 PAYMENT_KEYS = {"stripeEnabled", "stripePublicKey", "paypalEnabled", "codEnabled", "bankTransferEnabled"}
 
 

@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 
 from common_operations.services.tasks import TaskService
 from common_operations.web import mapping
-from common_operations.web.dependencies import Call
+from common_operations.web.dependencies import PUBLIC, Call
 from common_operations.web.schemas import HealthResponse, LiveResponse
 
 _UNHEALTHY = {503: ResponseSpec(LiveResponse, description="A backing service is down")}
@@ -25,12 +25,14 @@ class HealthController(Controller):
     path = "/health"
     tags = ["Health"]  # noqa: RUF012 - Litestar reads this class attribute as is
 
-    @get("/", operation_id="HealthCheck", summary="Overall health", responses=_UNHEALTHY)
+    @get("/", operation_id="HealthCheck", summary="Overall health", responses=_UNHEALTHY, opt=PUBLIC)
     async def health(self, call: Call) -> Response[LiveResponse]:
         """200 when Postgres and Temporal answer, else 503."""
         return await _overall(call.tasks)
 
-    @get("/ready", operation_id="Readiness", summary="Ready to serve traffic", responses=_UNHEALTHY)
+    @get(
+        "/ready", operation_id="Readiness", summary="Ready to serve traffic", responses=_UNHEALTHY, opt=PUBLIC
+    )
     async def ready(self, call: Call) -> Response[LiveResponse]:
         """200 when Postgres and Temporal answer, else 503 (take the instance out of rotation).
 

@@ -18,7 +18,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody
 from common_operations.domain.errors import ServiceUnavailable
 from common_operations.domain.preconditions import etag, parse_if_match
 from common_operations.services.settings import SettingsService
-from common_operations.web.dependencies import Call, CallContext
+from common_operations.web.dependencies import PUBLIC, Call, CallContext
 from common_operations.web.errors import problem_responses
 from common_operations.web.settings_schemas import UpdateSettingsResponse
 
@@ -127,6 +127,7 @@ class PublicPaymentSettingsController(Controller):
         description=PUBLIC_DOC,
         response_headers=ETAG_HEADER,
         responses=problem_responses(503),
+        opt=PUBLIC,
     )
     async def get_public_settings(self, call: Call) -> Response[SettingsValues]:
         """The payment methods offered (anyone)."""
@@ -172,6 +173,7 @@ class SettingsController(Controller):
         description=PUBLIC_DOC,
         response_headers=ETAG_HEADER,
         responses=problem_responses(404, 503),
+        opt=PUBLIC,
     )
     async def get_public_settings(self, group: FromPath[str], call: Call) -> Response[SettingsValues]:
         """The public keys of a settings group (anyone); unknown group: 404."""

@@ -25,7 +25,7 @@ from common_operations.domain.task import (
     parse_task_id,
 )
 from common_operations.web import mapping
-from common_operations.web.dependencies import Call
+from common_operations.web.dependencies import PUBLIC, Call
 from common_operations.web.errors import problem_responses
 from common_operations.web.schemas import (
     CancelTaskRequest,
@@ -309,6 +309,7 @@ class TaskController(Controller):
         operation_id="Health",
         summary="Health of the service and its backing services",
         responses={503: ResponseSpec(HealthResponse, description="A backing service is down")},
+        opt=PUBLIC,
     )
     async def health(self, call: Call) -> Response[HealthResponse]:
         """200 when Postgres and Temporal answer, else 503 with the same body."""
