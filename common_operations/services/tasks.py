@@ -57,6 +57,7 @@ from common_operations.infra.temporal import TaskWorkflows
 from common_operations.infra.webhooks import check_callback_url
 from common_operations.services.bulk import BulkService, PreparedFiles
 from common_operations.services.idempotency import request_hash, validate_key
+from common_operations.services.limits import TaskLimits
 from common_operations.services.runs import TaskRuns, now, with_snapshot, workflow_input
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class TaskService:
         cache: TaskCache | None = None,
         webhooks: WebhookSettings | None = None,
         audit: AuditLog | None = None,
+        limits: TaskLimits | None = None,
     ) -> None:
         """Wire the service to its repository, Temporal gateway and settings.
 
@@ -126,6 +128,7 @@ class TaskService:
             cache: GetTask's Redis read-through cache (None: GetTask reads Postgres).
             webhooks: what a ``callbackUrl`` is checked against (None: no secret, so refused).
             audit: the admin audit log (None: privileged actions are not recorded; tests only).
+            limits: rate limits and the unfinished-task cap (None: no limits).
         """
         self.repository = repository
         self.workflows = workflows
@@ -136,6 +139,7 @@ class TaskService:
         self.cache = cache
         self.webhooks = webhooks or WebhookSettings()
         self.audit = audit
+        self.limits = limits or TaskLimits()
 
     async def _get(self, task_id: uuid.UUID) -> Task:
         task = await self.repository.get(task_id)
@@ -162,10 +166,12 @@ class TaskService:
         Raises:
             IdempotencyKeyReused: the caller used the key before with a different request.
         """
+        await self.limits.check(principal, "create")
         max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
         cmd = validate_create(
             replace(cmd, requested_by=cmd.requested_by or principal.subject, max_retries=max_retries)
         )
+        await self.limits.check_unfinished(principal, cmd.requested_by or principal.subject)
         if cmd.callback_url is not None:
             # Before anything is written: a refused URL (SSRF rules) means no task at all.
             await check_callback_url(cmd.callback_url, self.webhooks)
@@ -273,6 +279,7 @@ class TaskService:
             TaskNotFound: no such task.
             InvalidTransition: the task is not a finished import, or has no failed rows.
         """
+        await self.limits.check(principal, "change")
         source = await self._get(task_id)
         if self.settings.handler_for(source.task_type).kind is not HandlerKind.IMPORT:
             raise InvalidTransition(f"task {task_id} is not an import", task_type=source.task_type)
@@ -308,6 +315,7 @@ class TaskService:
         Raises:
             TaskNotFound: no such task.
         """
+        await self.limits.check(principal, "read")
         if self.cache is None:
             return await self._get(task_id)
         if (cached := await self.cache.get(task_id)) is not None:
@@ -321,6 +329,7 @@ class TaskService:
 
     async def list_tasks(self, principal: Principal, query: TaskQuery) -> Page[Task]:
         """Tasks matching the filters, newest first."""
+        await self.limits.check(principal, "read")
         return await self.repository.page(validate_query(query))
 
     async def cancel_task(self, principal: Principal, task_id: uuid.UUID, reason: str | None = None) -> Task:
@@ -335,6 +344,7 @@ class TaskService:
             TaskNotFound: no such task.
             InvalidTransition: the task is completed, failed or cancelled.
         """
+        await self.limits.check(principal, "change")
         text = parse_cancel_reason(reason)
         task = await self._get(task_id)
         ensure_cancellable(task.status, retry_pending=task.next_retry_at is not None)
@@ -369,6 +379,7 @@ class TaskService:
             InvalidTransition: the task is not failed (or changed meanwhile).
             RetryLimitExceeded: ``retryCount`` reached ``maxRetries``.
         """
+        await self.limits.check(principal, "change")
         task = await self._get(task_id)
         ensure_retryable(task.status, task.retry_count, task.max_retries)
         if task.next_retry_at is not None:
@@ -417,6 +428,7 @@ class TaskService:
             RateLimited: too many reports of this task are in flight; retry after a second.
         """
         validate_report_shape(report)
+        await self.limits.check(principal, "progress", str(task_id))
         task = await self._get(task_id)
         # Checked here too (the workflow's validator has the last word) so that a report on a
         # finished task is refused without a round trip to a run that may no longer exist. Not for
@@ -438,6 +450,7 @@ class TaskService:
             TaskNotFound: no such task.
             InvalidTransition: the task is pending, scheduled or processing, or waits for a retry.
         """
+        await self.limits.check(principal, "change")
         task = await self._get(task_id)
         ensure_deletable(task.status, retry_pending=task.next_retry_at is not None)
         if not await self.repository.delete_closed(task_id):
@@ -453,6 +466,7 @@ class TaskService:
 
     async def task_logs(self, principal: Principal, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
         """A page of the task's log lines, oldest first."""
+        await self.limits.check(principal, "read")
         validate_paging(page.page, page.page_size, MAX_PAGE_SIZE)
         await self._get(task_id)
         return await self.repository.logs(task_id, page)
@@ -461,6 +475,7 @@ class TaskService:
         self, principal: Principal, task_id: uuid.UUID, page: PageRequest
     ) -> Page[TaskEvent]:
         """A page of the task's events in sequence order."""
+        await self.limits.check(principal, "read")
         validate_paging(page.page, page.page_size, MAX_PAGE_SIZE)
         await self._get(task_id)
         return await self.repository.events(task_id, page)
@@ -477,6 +492,7 @@ class TaskService:
             NotAvailable: the task has no such file (yet).
             ValidationFailed: ``file`` is not output, result or input.
         """
+        await self.limits.check(principal, "read")
         task = await self._get(task_id)
         if self.bulk is not None and (file != "output" or task.files.get("output")):
             signed = self.bulk.download(task, file)
