@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 
 import asyncpg
 
+from bench import auth as bench_auth
 from bench.common import (
     DATABASE_ENV,
     bench_database,
@@ -418,12 +419,14 @@ def measure(
     warmup: float,
 ) -> dict[str, Any]:
     """Warm up, then one timed load run with the server's and Postgres' CPU per request."""
+    # Every request carries the bearer token the service verifies (hello too: it ignores it).
+    headers = bench_auth.headers()
     if warmup > 0:
-        run_load(base_url, paths, connections, warmup, tool)
+        run_load(base_url, paths, connections, warmup, tool, headers)
     backends = postgres_backends(database)
     cpu0 = cpu_seconds(server_pid)
     pg0 = sum(cpu_seconds(p) for p in backends)
-    result: LoadResult = run_load(base_url, paths, connections, duration, tool)
+    result: LoadResult = run_load(base_url, paths, connections, duration, tool, headers)
     server_cpu = cpu_seconds(server_pid) - cpu0
     pg_cpu = sum(cpu_seconds(p) for p in backends) - pg0
     data = asdict(result)

@@ -57,6 +57,7 @@ from typing import Any
 import asyncpg
 import psutil
 
+from bench.auth import auth_settings
 from bench.common import (
     DATABASE_ENV,
     CpuMeter,
@@ -624,6 +625,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             temporal={"address": temporal_address(env), "task_queue": f"bench-bulk-{uuid.uuid4().hex[:8]}"},
             bulk={"databases": {"commerce": commerce_url}, "chunk_rows": args.chunk_rows},
             log_level="WARNING",
+            **auth_settings(),
         )
         worker_log = work / "worker.log"
         worker = start_worker(settings, worker_log)

@@ -47,6 +47,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.worker import Worker
 
+from bench import auth as bench_auth
 from bench.baseline import CounterWorkflow
 from bench.common import (
     CLIENT_KEEPALIVE_EXPIRY,
@@ -82,7 +83,7 @@ from common_operations.workflows.task_workflow import (
 )
 
 TASKS = "/api/v1/operations/tasks"
-HEADERS = {"x-user-id": "bench", "x-user-roles": "operator"}
+HEADERS = bench_auth.headers()
 TARGET_P99_FACTOR = 2.0
 PATHS = ("baseline", "ours", "baseline-sa")
 

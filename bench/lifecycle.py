@@ -39,6 +39,8 @@ import uvloop
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from bench import auth as bench_auth
+from bench.auth import auth_settings
 from bench.baseline import NOOP_ACTIVITY, BaselineWorkflow, baseline_noop, noop_task
 from bench.common import (
     CLIENT_KEEPALIVE_EXPIRY,
@@ -121,6 +123,7 @@ def bench_settings(
             "eager_start": eager_start,
         },
         operations=OperationsSettings(task_types=types),
+        **auth_settings(),
     )
 
 
@@ -208,7 +211,7 @@ async def run_ours(
     """Create ``n`` tasks through REST and poll ListTasks (``status=completed``) until all are done."""
     requested_by = f"bench-{tag}"
     body = {"taskType": TASK_TYPE, "entityType": "bench", "requestedBy": requested_by}
-    headers = {"x-user-id": "bench", "x-user-roles": "operator"}
+    headers = bench_auth.headers()
 
     async def create_one() -> None:
         resp = await api.post(TASKS, json=body, headers=headers)
@@ -230,7 +233,7 @@ async def run_service(
 ) -> tuple[float, float, list[float]]:
     """Diagnostic: the same tasks created by calling ``TaskService`` in-process (no HTTP at all)."""
     requested_by = f"bench-{tag}"
-    caller = Principal(subject="bench", roles=frozenset({"operator"}))
+    caller = Principal(subject="bench", roles=frozenset({"admin"}))
     command = CreateTask(task_type=TASK_TYPE, entity_type="bench", requested_by=requested_by)
 
     async def create_one() -> None:

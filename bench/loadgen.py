@@ -24,14 +24,19 @@ from bench.common import percentile
 WRK_SCRIPT = r"""
 local paths = {}
 local i = 0
+headers = {}
 init = function(args)
   for line in io.lines(args[1]) do paths[#paths + 1] = line end
+  for line in io.lines(args[2]) do
+    local name, value = line:match("^([^:]+):%s*(.*)$")
+    if name then headers[name] = value end
+  end
   math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
   i = math.random(#paths)
 end
 request = function()
   i = i % #paths + 1
-  return wrk.format("GET", paths[i])
+  return wrk.format("GET", paths[i], headers)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -65,7 +70,9 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(base_url: str, paths: list[str], connections: int, duration: float) -> LoadResult:
+def run_wrk(
+    base_url: str, paths: list[str], connections: int, duration: float, headers: dict[str, str] | None = None
+) -> LoadResult:
     """One wrk run (one thread: the box has 2 cores and the server needs one)."""
     wrk = wrk_path()
     assert wrk is not None
@@ -74,9 +81,11 @@ def run_wrk(base_url: str, paths: list[str], connections: int, duration: float) 
         script.write_text(WRK_SCRIPT, encoding="utf-8")
         listing = Path(tmp) / "paths.txt"
         listing.write_text("\n".join(paths) + "\n", encoding="utf-8")
+        header_file = Path(tmp) / "headers.txt"
+        header_file.write_text("".join(f"{k}: {v}\n" for k, v in (headers or {}).items()), encoding="utf-8")
         command = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s"]
         out = subprocess.run(
-            [*command, "-s", str(script), base_url, "--", str(listing)],
+            [*command, "-s", str(script), base_url, "--", str(listing), str(header_file)],
             capture_output=True,
             text=True,
             check=True,
@@ -102,11 +111,18 @@ def run_wrk(base_url: str, paths: list[str], connections: int, duration: float) 
 
 
 async def _connection_loop(
-    host: str, port: int, paths: list[str], start: int, deadline: float, latencies: list[float]
+    host: str,
+    port: int,
+    paths: list[str],
+    start: int,
+    deadline: float,
+    latencies: list[float],
+    headers: dict[str, str],
 ) -> int:
     """One keep-alive connection sending GETs until ``deadline``; returns the error count."""
     reader, writer = await asyncio.open_connection(host, port)
-    requests = [f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() for p in paths]
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    requests = [f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode() for p in paths]
     errors = 0
     i = start
     try:
@@ -131,7 +147,14 @@ async def _connection_loop(
 
 
 def _process_main(
-    host: str, port: int, paths: list[str], connections: int, duration: float, seed: int, out: Any
+    host: str,
+    port: int,
+    paths: list[str],
+    connections: int,
+    duration: float,
+    seed: int,
+    out: Any,
+    headers: dict[str, str],
 ) -> None:
     async def run() -> tuple[list[float], int]:
         latencies: list[float] = []
@@ -139,7 +162,7 @@ def _process_main(
         step = max(1, len(paths) // max(1, connections))
         errors = await asyncio.gather(
             *(
-                _connection_loop(host, port, paths, seed + k * step, deadline, latencies)
+                _connection_loop(host, port, paths, seed + k * step, deadline, latencies, headers)
                 for k in range(connections)
             )
         )
@@ -149,7 +172,12 @@ def _process_main(
 
 
 def run_python(
-    base_url: str, paths: list[str], connections: int, duration: float, processes: int = 2
+    base_url: str,
+    paths: list[str],
+    connections: int,
+    duration: float,
+    processes: int = 2,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """The fallback: ``processes`` processes sharing ``connections`` raw-socket keep-alive connections."""
     from urllib.parse import urlsplit
@@ -161,7 +189,9 @@ def run_python(
     queue = ctx.Queue()
     shares = [connections // processes + (1 if k < connections % processes else 0) for k in range(processes)]
     workers = [
-        ctx.Process(target=_process_main, args=(host, port, paths, n, duration, k * 7919, queue))
+        ctx.Process(
+            target=_process_main, args=(host, port, paths, n, duration, k * 7919, queue, headers or {})
+        )
         for k, n in enumerate(shares)
     ]
     t0 = time.perf_counter()
@@ -186,8 +216,15 @@ def run_python(
     )
 
 
-def run_load(base_url: str, paths: list[str], connections: int, duration: float, tool: str) -> LoadResult:
-    """Dispatch to wrk or the Python generator."""
+def run_load(
+    base_url: str,
+    paths: list[str],
+    connections: int,
+    duration: float,
+    tool: str,
+    headers: dict[str, str] | None = None,
+) -> LoadResult:
+    """Dispatch to wrk or the Python generator; ``headers`` go with every request."""
     if tool == "wrk":
-        return run_wrk(base_url, paths, connections, duration)
-    return run_python(base_url, paths, connections, duration)
+        return run_wrk(base_url, paths, connections, duration, headers)
+    return run_python(base_url, paths, connections, duration, headers=headers)

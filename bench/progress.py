@@ -58,6 +58,7 @@ import uvloop
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from bench import auth as bench_auth
 from bench.baseline import CounterWorkflow
 from bench.common import (
     DATABASE_ENV,
@@ -90,7 +91,7 @@ if TYPE_CHECKING:
 
 TARGET_RATIO = 0.7
 PATHS = ("baseline", "ours", "grpc-get")
-METADATA = (("x-user-id", "bench"), ("x-user-roles", "operator"))
+METADATA = bench_auth.metadata()
 CALL_TIMEOUT = 60.0
 # A report refused as busy (429 / RESOURCE_EXHAUSTED) is sent again, same id, as a client would.
 BUSY_RETRIES = 5

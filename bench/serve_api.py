@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 
+from bench.auth import auth_settings
 from bench.common import exit_now
 from common_operations.bootstrap import open_runtime
 from common_operations.config import Settings
@@ -51,6 +52,7 @@ async def serve(args: argparse.Namespace) -> None:
         temporal_address=args.temporal_address,
         temporal={"address": args.temporal_address, "task_queue": "bench-api"},
         database=database,
+        **auth_settings(),
     )
     async with open_runtime(settings) as runtime:
         server = asyncio.create_task(serve_http(runtime, "127.0.0.1", args.port), name="rest")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.auth import auth_settings
 from bench.common import enable_bytecode_cache, exit_now, lag_summary, log, watch_loop_lag
 from bench.serve_api import wait_listening
 
@@ -57,6 +58,7 @@ def service_settings(database_url: str, address: str, task_queue: str, *, eager_
             "eager_start": eager_start,
         },
         operations=OperationsSettings(task_types={TASK_TYPE: TaskTypeSettings(kind="external")}),
+        **auth_settings(),
     )
 
 
