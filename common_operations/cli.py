@@ -411,7 +411,8 @@ def tasks_list(
 
     async def fn(runtime: Any) -> list[dict[str, Any]]:
         query = TaskQuery(page_size=limit, status=TaskStatus(status) if status else None, task_type=task_type)
-        page = await runtime.tasks.list_tasks(Principal("cli"), query)
+        # The CLI runs with the service's own configuration and database: an internal admin.
+        page = await runtime.tasks.list_tasks(Principal("cli", frozenset({"admin"})), query)
         return [
             {
                 "id": str(t.id),
@@ -433,7 +434,8 @@ def tasks_show(task_id: str) -> None:
     from common_operations.domain.principal import Principal
 
     async def fn(runtime: Any) -> dict[str, Any]:
-        return asdict(await runtime.tasks.get_task(Principal("cli"), uuid.UUID(task_id)))
+        cli = Principal("cli", frozenset({"admin"}))
+        return asdict(await runtime.tasks.get_task(cli, uuid.UUID(task_id)))
 
     _with_runtime(fn)
 

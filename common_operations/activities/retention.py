@@ -4,6 +4,12 @@ The scheduled ``RetentionJob`` workflow only calls :meth:`RetentionActivities.st
 which creates an ordinary task; that task's own workflow then runs
 :meth:`RetentionActivities.run_retention`. So every run of the job is visible like any other task
 (ListTasks, events, logs, the Temporal UI) and is recorded by the single writer of its state.
+
+Audit: the job deletes as an internal admin, but not with one ``task.delete`` row per task (whose
+old state is the whole task): the audit log is never deleted, and copying every expired task into it
+would keep forever what retention exists to remove. Each page of deletions writes one
+``task.retention`` row instead (entity: the retention task; metadata: the deleted ids, their count,
+the cutoff), after the page's deletes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from common_operations.db.audit_repository import AuditEntry
 from common_operations.db.bulk_repository import BulkRepository
 from common_operations.domain.errors import InvalidTransition, TaskNotFound
 from common_operations.domain.principal import Principal
@@ -87,15 +94,21 @@ class RetentionActivities:
             while True:
                 page = await self._jobs.final_tasks_before(cutoff, inp.batch)
                 fresh = [(task_id, files) for task_id, files in page if task_id not in seen]
-                for task_id, files in fresh:
-                    seen.add(task_id)
-                    if str(task_id) == inp.task_id:
-                        continue
-                    if await self._delete(task_id, has_files=bool(files)):
-                        deleted += 1
-                    else:
-                        skipped += 1
-                    activity.heartbeat(deleted, skipped)
+                removed: list[uuid.UUID] = []
+                try:
+                    for task_id, files in fresh:
+                        seen.add(task_id)
+                        if str(task_id) == inp.task_id:
+                            continue
+                        if await self._delete(task_id, has_files=bool(files)):
+                            deleted += 1
+                            removed.append(task_id)
+                        else:
+                            skipped += 1
+                        activity.heartbeat(deleted, skipped)
+                finally:
+                    # Also when cancelled mid-page: what was deleted is recorded.
+                    await self._audit(inp.task_id, removed, cutoff, days)
                 if not fresh or len(page) < inp.batch:
                     break
         except asyncio.CancelledError:
@@ -105,10 +118,37 @@ class RetentionActivities:
             return _result(deleted, skipped, days, stopped=True)
         return _result(deleted, skipped, days)
 
+    async def _audit(
+        self, retention_task_id: str, removed: list[uuid.UUID], cutoff: datetime, days: float
+    ) -> None:
+        """One ``task.retention`` audit row for a page of deleted tasks (none for an empty page).
+
+        A failed write is logged: the tasks are gone either way, and retrying the page would not
+        find them again.
+        """
+        audit = self._tasks.audit
+        if audit is None or not removed:
+            return
+        entry = AuditEntry(
+            action="task.retention",
+            entity_type="task",
+            entity_id=retention_task_id,
+            metadata={
+                "deleted": [str(task_id) for task_id in removed],
+                "count": len(removed),
+                "completedBefore": cutoff.isoformat(),
+                "olderThanDays": days,
+            },
+        )
+        try:
+            await audit.record(RETENTION_PRINCIPAL, entry)
+        except Exception:
+            log.exception("retention: %d tasks deleted, but their audit row was not written", len(removed))
+
     async def _delete(self, task_id: uuid.UUID, *, has_files: bool) -> bool:
         """Delete one task through the service; False if it changed meanwhile."""
         try:
-            await self._tasks.delete_task(RETENTION_PRINCIPAL, task_id)
+            await self._tasks.delete_task(RETENTION_PRINCIPAL, task_id, audited=False)
         except (TaskNotFound, InvalidTransition) as err:
             log.info("retention: task %s skipped: %s", task_id, err)
             return False

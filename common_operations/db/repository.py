@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -17,7 +17,9 @@ from typing import Any, Protocol
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
+from common_operations.db.audit_repository import Executor
 from common_operations.db.outage import UNAVAILABLE, as_outage
+from common_operations.domain.authorization import ListScope
 from common_operations.domain.errors import ServiceUnavailable
 from common_operations.domain.status import ACTIVE_STATUSES, TaskStatus
 from common_operations.domain.task import (
@@ -219,11 +221,25 @@ def event_payload(write: MirrorWrite) -> dict[str, Any]:
     return payload
 
 
+def _created_payload(task: Task, message: str) -> dict[str, Any]:
+    """The ``task.created`` event's payload; names the creator when it acts for someone else."""
+    payload: dict[str, Any] = {"status": task.status.value, "message": message}
+    if task.created_by and task.created_by != task.requested_by:
+        payload["createdBy"] = task.created_by
+        payload["onBehalfOf"] = task.requested_by
+    return payload
+
+
 class _Pool:
     """The pool's query methods, raising :class:`ServiceUnavailable` (503) while Postgres cannot serve."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    @property
+    def raw(self) -> asyncpg.Pool:
+        """The pool itself, for a transaction (its caller maps outages)."""
+        return self._pool
 
     async def execute(self, query: str, *args: Any) -> str:
         try:
@@ -338,7 +354,7 @@ class TaskRepository:
             task.scheduled_at,
             task.max_retries,
             task.created_at,
-            json.dumps({"status": task.status.value, "message": message}),
+            json.dumps(_created_payload(task, message)),
             message,
             json.dumps(task.files),
             task.source_task_id,
@@ -464,8 +480,12 @@ class TaskRepository:
         )
         return [_task_from_row(r) for r in rows]
 
-    async def page(self, query: TaskQuery) -> Page[Task]:
-        """A page of tasks, newest first, and the total matching the filters."""
+    async def page(self, query: TaskQuery, scope: ListScope | None = None) -> Page[Task]:
+        """A page of tasks, newest first, and the total matching the filters.
+
+        ``scope`` (None: every task) keeps only the tasks the caller may see; the page and the total
+        are both of those.
+        """
         clauses: list[str] = []
         args: list[Any] = []
 
@@ -473,6 +493,16 @@ class TaskRepository:
             args.append(value)
             clauses.append(sql.format(f"${len(args)}"))
 
+        if scope is not None and not scope.everything:
+            # Each branch is served by its own index ((requested_by, created_at), (created_by,
+            # created_at), (task_type, …)); Postgres ORs the bitmaps.
+            args.append(scope.subject or "")
+            me = f"${len(args)}"
+            mine = f"requested_by = {me} OR created_by = {me}"
+            if scope.task_types:
+                args.append(sorted(scope.task_types))
+                mine += f" OR task_type = ANY(${len(args)}::text[])"
+            clauses.append(f"({mine})")
         if query.task_type:
             add("task_type = {}", query.task_type)
         if query.entity_type:
@@ -516,18 +546,32 @@ class TaskRepository:
         estimate = int(json.loads(plan)[0]["Plan"]["Plan Rows"])
         return max(estimate, int(exact))
 
-    async def delete_closed(self, task_id: uuid.UUID) -> bool:
+    async def delete_closed(
+        self, task_id: uuid.UUID, *, audit: Callable[[Executor], Awaitable[None]] | None = None
+    ) -> bool:
         """Delete a task (and, by cascade, its logs and events) unless a run works on it or will.
+
+        Args:
+            task_id: the task.
+            audit: writes the delete's audit row on the given connection, in the delete's
+                transaction (only when a row was deleted): both commit, or neither.
 
         Returns:
             Whether a row was deleted.
         """
-        result: str = await self._pool.execute(
-            "DELETE FROM tasks WHERE id = $1 AND NOT (status = ANY($2::text[])) AND next_retry_at IS NULL",
-            task_id,
-            [s.value for s in ACTIVE_STATUSES],
-        )
-        deleted = result.endswith(" 1")
+        sql = "DELETE FROM tasks WHERE id = $1 AND NOT (status = ANY($2::text[])) AND next_retry_at IS NULL"
+        active = [s.value for s in ACTIVE_STATUSES]
+        if audit is None:
+            result: str = await self._pool.execute(sql, task_id, active)
+            deleted = result.endswith(" 1")
+        else:
+            try:
+                async with self._pool.raw.acquire() as conn, conn.transaction():
+                    deleted = str(await conn.execute(sql, task_id, active)).endswith(" 1")
+                    if deleted:
+                        await audit(conn)
+            except UNAVAILABLE as err:
+                raise _unavailable(err) from err
         if deleted and self.writes is not None:
             await self.writes.deleted(task_id)
         return deleted

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common_operations.db.settings_repository import GroupChange, SettingsRepository, StoredGroup
+from common_operations.domain.authorization import require_settings_reader
 from common_operations.domain.errors import SettingsGroupNotFound, quoted
 from common_operations.domain.preconditions import VersionCondition
 from common_operations.domain.principal import Principal, require_admin
@@ -55,13 +56,13 @@ class SettingsService:
         return sorted(self._schemas)
 
     async def get(self, principal: Principal, group: str) -> SettingsView:
-        """Every key of ``group`` (admins only).
+        """Every key of ``group`` (admins and operators; changing it is for admins only).
 
         Raises:
-            PermissionDenied: the caller is not an admin.
+            PermissionDenied: the caller is neither an admin nor an operator.
             SettingsGroupNotFound: no such group is declared.
         """
-        require_admin(principal, f"the {group[:100]} settings group")
+        require_settings_reader(principal, f"the {group[:100]} settings group")
         schema = self._schema(group)
         stored = await self._read(group)
         return SettingsView(group, schema.effective(stored.values), stored.version)

@@ -16,15 +16,24 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from common_operations.config import OperationsSettings, WebhookSettings
-from common_operations.db.audit_repository import AuditLog
+from common_operations.db.audit_repository import AuditEntry, AuditLog, Executor, record
 from common_operations.db.repository import TaskRepository
+from common_operations.domain.authorization import (
+    Action,
+    Creation,
+    authorize,
+    authorize_create,
+    hidden,
+    is_mine,
+    reportable_types,
+    visibility,
+)
 from common_operations.domain.errors import (
     IdempotencyKeyReused,
     InvalidTransition,
     NotAvailable,
     RateLimited,
     ServiceUnavailable,
-    TaskNotFound,
     ValidationFailed,
 )
 from common_operations.domain.principal import Principal
@@ -51,6 +60,7 @@ from common_operations.domain.task import (
     validate_query,
     validate_report_shape,
 )
+from common_operations.domain.task_snapshot import task_snapshot
 from common_operations.domain.workflow_types import HandlerKind
 from common_operations.infra.task_cache import TaskCache
 from common_operations.infra.temporal import TaskWorkflows
@@ -147,6 +157,44 @@ class TaskService:
             raise _not_found(task_id)
         return task
 
+    def _reporters(self, task_type: str) -> list[str]:
+        """The ``reporters`` list of ``task_type`` (none for a type no longer configured)."""
+        settings = self.settings.task_types.get(task_type)
+        return settings.reporters if settings is not None else []
+
+    def _authorize(self, principal: Principal, action: Action, task: Task) -> None:
+        authorize(principal, action, task, reporters=self._reporters(task.task_type))
+
+    async def _authorized(self, principal: Principal, action: Action, task_id: uuid.UUID) -> Task:
+        """The task, read first and then authorized: a hidden task is the same 404 as a missing one."""
+        task = await self._get(task_id)
+        self._authorize(principal, action, task)
+        return task
+
+    async def _audit_other(self, principal: Principal, action: str, task: Task, **metadata: object) -> None:
+        """Record ``action`` on ``task`` when it is not the actor's own (after it succeeded).
+
+        A failed write is logged, not raised: the action happened and its answer must say so.
+        """
+        if self.audit is None or is_mine(principal, task):
+            return
+        entry = AuditEntry(
+            action=action,
+            entity_type="task",
+            entity_id=str(task.id),
+            old_state={"status": task.status.value},
+            metadata={"owner": task.requested_by, "createdBy": task.created_by, **metadata},
+        )
+        try:
+            await self.audit.record(principal, entry)
+        except Exception:
+            log.exception(
+                "task %s: %s by %s done, but its audit row was not written",
+                task.id,
+                action,
+                principal.subject,
+            )
+
     async def create_task(self, principal: Principal, cmd: CreateTask) -> Task:
         """Record a task and start its workflow: :meth:`create`'s task (every rule lives there)."""
         return (await self.create(principal, cmd)).task
@@ -163,20 +211,34 @@ class TaskService:
         repeated request with the same key and body gets the task of the first one
         (``created=False``), also when both arrive at once; the key lives as long as its task.
 
+        Who may create what, and for whom, is :func:`~common_operations.domain.authorization.
+        authorize_create`'s: the task's ``createdBy`` is always the caller.
+
         Raises:
+            PermissionDenied: the caller may not create this task (or not for that requestedBy).
             IdempotencyKeyReused: the caller used the key before with a different request.
         """
         await self.limits.check(principal, "create")
+        return await self._create(principal, cmd)
+
+    async def _create(
+        self, principal: Principal, cmd: CreateTask, *, creation: Creation | None = None
+    ) -> CreatedTask:
+        """:meth:`create` after the rate limit; ``creation`` when the caller was authorized already."""
         max_retries = self.settings.default_max_retries if cmd.max_retries is None else cmd.max_retries
         cmd = validate_create(
             replace(cmd, requested_by=cmd.requested_by or principal.subject, max_retries=max_retries)
         )
+        handler = self.settings.handler_for(cmd.task_type)
+        # After validation (requestedBy is trimmed there), before the owner's unfinished tasks are
+        # counted: a caller may not learn anything about another owner's tasks.
+        admin_only = handler.kind is HandlerKind.RETENTION
+        creation = creation or authorize_create(principal, cmd.requested_by, admin_only=admin_only)
         await self.limits.check_unfinished(principal, cmd.requested_by or principal.subject)
         if cmd.callback_url is not None:
             # Before anything is written: a refused URL (SSRF rules) means no task at all.
             await check_callback_url(cmd.callback_url, self.webhooks)
         key = None if cmd.idempotency_key is None else validate_key(cmd.idempotency_key)
-        handler = self.settings.handler_for(cmd.task_type)
         task_id = uuid.uuid4()
         prepared, source_task_id = PreparedFiles(files={}), None
         if handler.kind.is_bulk:
@@ -203,9 +265,11 @@ class TaskService:
             files=prepared.files,
             source_task_id=source_task_id,
             callback_url=cmd.callback_url,
+            created_by=creation.created_by,
         )
         when = f" scheduled for {cmd.scheduled_at.isoformat()}" if scheduled and cmd.scheduled_at else ""
-        message = f"task created by {principal.subject}{when}"
+        behalf = f" on behalf of {creation.requested_by}" if creation.on_behalf else ""
+        message = f"task created by {principal.subject}{behalf}{when}"
         if key is None:
             await self.repository.insert_task(task, message)
         elif (earlier := await self._insert_once(principal, cmd, key, task, message)) is not None:
@@ -276,11 +340,12 @@ class TaskService:
         its counts; the new task counts its own.
 
         Raises:
-            TaskNotFound: no such task.
+            TaskNotFound: no such task, or one the caller may not see.
+            PermissionDenied: the caller may see the task but not retry its rows.
             InvalidTransition: the task is not a finished import, or has no failed rows.
         """
         await self.limits.check(principal, "change")
-        source = await self._get(task_id)
+        source = await self._authorized(principal, Action.RETRY_FAILED_ROWS, task_id)
         if self.settings.handler_for(source.task_type).kind is not HandlerKind.IMPORT:
             raise InvalidTransition(f"task {task_id} is not an import", task_type=source.task_type)
         if source.status not in (TaskStatus.COMPLETED, TaskStatus.FAILED) or source.next_retry_at is not None:
@@ -295,42 +360,53 @@ class TaskService:
         params["sourceTaskId"] = str(source.id)
         if file_name is None:
             params.setdefault("format", (source.files.get("input") or {}).get("format") or "csv")
-        return await self.create_task(
-            principal,
-            CreateTask(
-                task_type=source.task_type,
-                entity_type=source.entity_type,
-                requested_by=source.requested_by,
-                priority=source.priority,
-                params=params,
-                file_name=file_name,
-                file_size=file_size,
-                max_retries=source.max_retries,
-            ),
+        await self.limits.check(principal, "create")
+        # The new task belongs to the source's requester whoever asks (an operator retrying a
+        # user's import acts for that user): the retry was authorized above, not as a create.
+        cmd = CreateTask(
+            task_type=source.task_type,
+            entity_type=source.entity_type,
+            requested_by=source.requested_by,
+            priority=source.priority,
+            params=params,
+            file_name=file_name,
+            file_size=file_size,
+            max_retries=source.max_retries,
         )
+        creation = Creation(requested_by=source.requested_by, created_by=principal.subject)
+        return (await self._create(principal, cmd, creation=creation)).task
 
     async def get_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
         """One task, through the Redis cache when there is one (never older than a committed write).
 
         Raises:
-            TaskNotFound: no such task.
+            TaskNotFound: no such task, or one the caller may not see.
         """
         await self.limits.check(principal, "read")
         if self.cache is None:
-            return await self._get(task_id)
+            return await self._authorized(principal, Action.READ, task_id)
         if (cached := await self.cache.get(task_id)) is not None:
+            self._authorize(principal, Action.READ, cached)
             return cached
         found = await self.repository.get_versioned(task_id)
         if found is None:
             raise _not_found(task_id)
         task, version = found
+        # Cached before the check: the entry is the task's, not the caller's view of it.
         await self.cache.store(task, version)
+        self._authorize(principal, Action.READ, task)
         return task
 
     async def list_tasks(self, principal: Principal, query: TaskQuery) -> Page[Task]:
-        """Tasks matching the filters, newest first."""
+        """Tasks matching the filters that the caller may see, newest first.
+
+        Admins and operators see every task; anyone else only its own (and a service those of the
+        types it reports on). A filter naming someone else's tasks gives an empty page.
+        """
         await self.limits.check(principal, "read")
-        return await self.repository.page(validate_query(query))
+        reporters = {name: t.reporters for name, t in self.settings.task_types.items()}
+        scope = visibility(principal, reportable_types(principal, reporters))
+        return await self.repository.page(validate_query(query), scope)
 
     async def cancel_task(self, principal: Principal, task_id: uuid.UUID, reason: str | None = None) -> Task:
         """Cancel a scheduled, pending or processing task through its workflow.
@@ -340,13 +416,16 @@ class TaskService:
         workflow's cleanup and returns the task as it then stands. A task whose run was never
         started gets it started first, so the cancellation is still recorded by its own workflow.
 
+        A cancellation of someone else's task is recorded in the audit log.
+
         Raises:
-            TaskNotFound: no such task.
+            TaskNotFound: no such task, or one the caller may not see.
+            PermissionDenied: the caller may see the task but not cancel it.
             InvalidTransition: the task is completed, failed or cancelled.
         """
         await self.limits.check(principal, "change")
         text = parse_cancel_reason(reason)
-        task = await self._get(task_id)
+        task = await self._authorized(principal, Action.CANCEL, task_id)
         ensure_cancellable(task.status, retry_pending=task.next_retry_at is not None)
         by = f"requested by {principal.subject}"
         temporal_reason = f"{text} ({by})" if text else by
@@ -365,6 +444,7 @@ class TaskService:
                 current = await self._get(task_id)
                 ensure_cancellable(current.status, retry_pending=current.next_retry_at is not None)
                 raise InvalidTransition("the task's workflow run has ended; read the task again")
+        await self._audit_other(principal, "task.cancel", task, reason=text)
         return await self._get(task_id)
 
     async def retry_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
@@ -374,16 +454,21 @@ class TaskService:
         automatically is asked to retry now instead. Answers once the task is pending again (or
         after ``operations.cancel_wait`` seconds with the task as it then stands).
 
+        A retry of someone else's task is recorded in the audit log.
+
         Raises:
-            TaskNotFound: no such task.
+            TaskNotFound: no such task, or one the caller may not see.
+            PermissionDenied: the caller may see the task but not retry it.
             InvalidTransition: the task is not failed (or changed meanwhile).
             RetryLimitExceeded: ``retryCount`` reached ``maxRetries``.
         """
         await self.limits.check(principal, "change")
-        task = await self._get(task_id)
+        task = await self._authorized(principal, Action.RETRY, task_id)
         ensure_retryable(task.status, task.retry_count, task.max_retries)
         if task.next_retry_at is not None:
-            return with_snapshot(task, await self.workflows.retry_now(str(task_id)))
+            retried = with_snapshot(task, await self.workflows.retry_now(str(task_id)))
+            await self._audit_other(principal, "task.retry", task)
+            return retried
         message = f"requested by {principal.subject}"
         inp = workflow_input(task, self.settings, retry_message=message)
         try:
@@ -394,6 +479,7 @@ class TaskService:
             if not await self._await_run_closed(task_id):
                 raise
             await self.workflows.start(inp, new_attempt=True)
+        await self._audit_other(principal, "task.retry", task)
         return await self._await_change(task)
 
     async def _await_run_closed(self, task_id: uuid.UUID) -> bool:
@@ -421,15 +507,19 @@ class TaskService:
         answer shows the task as the workflow holds it after the report (exact counts), while the
         mirror catches up within ``operations.progress_interval``.
 
+        Only admins and the ``service`` principals the task type's ``reporters`` name may report:
+        an end user can never complete a task with a report.
+
         Raises:
-            TaskNotFound: no such task.
+            TaskNotFound: no such task, or one the caller may not see.
+            PermissionDenied: the caller is not a reporter of the task's type.
             ValidationFailed: the report is inconsistent.
             InvalidTransition: the task no longer accepts reports.
             RateLimited: too many reports of this task are in flight; retry after a second.
         """
         validate_report_shape(report)
         await self.limits.check(principal, "progress", str(task_id))
-        task = await self._get(task_id)
+        task = await self._authorized(principal, Action.REPORT_PROGRESS, task_id)
         # Checked here too (the workflow's validator has the last word) so that a report on a
         # finished task is refused without a round trip to a run that may no longer exist. Not for
         # a failed task: a retry may have started its next run before the mirror shows it pending.
@@ -443,17 +533,29 @@ class TaskService:
             raise
         return with_snapshot(task, snapshot)
 
-    async def delete_task(self, principal: Principal, task_id: uuid.UUID) -> None:
+    async def delete_task(self, principal: Principal, task_id: uuid.UUID, *, audited: bool = True) -> None:
         """Delete a finished or failed task with its logs and events.
 
+        The audit row (``task.delete``, the task's REST snapshot as the old state) is written in the
+        delete's own transaction: there is no deleted task without its record, nor a record of a
+        delete that did not happen.
+
+        Args:
+            principal: the caller.
+            task_id: the task.
+            audited: False only for the retention job, which records one row per batch itself
+                (copying each expired task into the never-deleted audit log would defeat retention).
+
         Raises:
-            TaskNotFound: no such task.
+            TaskNotFound: no such task, or one the caller may not see.
+            PermissionDenied: the caller may see the task but not delete it.
             InvalidTransition: the task is pending, scheduled or processing, or waits for a retry.
         """
         await self.limits.check(principal, "change")
-        task = await self._get(task_id)
+        task = await self._authorized(principal, Action.DELETE, task_id)
         ensure_deletable(task.status, retry_pending=task.next_retry_at is not None)
-        if not await self.repository.delete_closed(task_id):
+        audit = self._delete_audit(principal, task) if audited and self.audit is not None else None
+        if not await self.repository.delete_closed(task_id, audit=audit):
             current = await self._get(task_id)
             ensure_deletable(current.status, retry_pending=current.next_retry_at is not None)
             raise InvalidTransition("the task changed while it was being deleted; read it again")
@@ -464,11 +566,27 @@ class TaskService:
                 # The row is gone already; stray objects are found by prefix and are harmless.
                 log.exception("task %s deleted, but not all of its stored files", task_id)
 
+    @staticmethod
+    def _delete_audit(principal: Principal, task: Task) -> Callable[[Executor], Awaitable[None]]:
+        """The ``task.delete`` audit row, written by the repository inside the delete's transaction."""
+        entry = AuditEntry(
+            action="task.delete",
+            entity_type="task",
+            entity_id=str(task.id),
+            old_state=task_snapshot(task),
+            metadata={"owner": task.requested_by, "createdBy": task.created_by},
+        )
+
+        async def write(executor: Executor) -> None:
+            await record(executor, principal, entry)
+
+        return write
+
     async def task_logs(self, principal: Principal, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
         """A page of the task's log lines, oldest first."""
         await self.limits.check(principal, "read")
         validate_paging(page.page, page.page_size, MAX_PAGE_SIZE)
-        await self._get(task_id)
+        await self._authorized(principal, Action.READ, task_id)
         return await self.repository.logs(task_id, page)
 
     async def task_events(
@@ -477,7 +595,7 @@ class TaskService:
         """A page of the task's events in sequence order."""
         await self.limits.check(principal, "read")
         validate_paging(page.page, page.page_size, MAX_PAGE_SIZE)
-        await self._get(task_id)
+        await self._authorized(principal, Action.READ, task_id)
         return await self.repository.events(task_id, page)
 
     async def download_url(
@@ -488,12 +606,12 @@ class TaskService:
         For files this service stored, a signed URL that expires.
 
         Raises:
-            TaskNotFound: no such task.
+            TaskNotFound: no such task, or one the caller may not see.
             NotAvailable: the task has no such file (yet).
             ValidationFailed: ``file`` is not output, result or input.
         """
         await self.limits.check(principal, "read")
-        task = await self._get(task_id)
+        task = await self._authorized(principal, Action.READ, task_id)
         if self.bulk is not None and (file != "output" or task.files.get("output")):
             signed = self.bulk.download(task, file)
             ref = task.files.get(file) or {}
@@ -547,5 +665,5 @@ async def _probe(probe: Callable[[], Awaitable[None]]) -> str:
     return "up"
 
 
-def _not_found(task_id: uuid.UUID) -> TaskNotFound:
-    return TaskNotFound(f"task {task_id} not found", id=str(task_id))
+# A missing task and a hidden one get the very same error (no existence leak).
+_not_found = hidden

@@ -71,7 +71,7 @@ async def _update(
     return Response(body, headers={"ETag": etag(result.view.version)})
 
 
-GET_DOC = "Every key of the group, defaults filled in; `ETag` is the group's version. Admin role."
+GET_DOC = "Every key of the group, defaults filled in; `ETag` is the group's version. Admin or operator role."
 PUT_DOC = (
     "Partial update: only the keys given change, each validated against the group's schema (unknown "
     "key or wrong type: 400 naming the key; no type coercion). `If-Match` with a stale ETag: 412, "
