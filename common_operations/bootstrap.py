@@ -25,6 +25,7 @@ from common_operations.domain.entities import EntitySpec
 from common_operations.infra import cache, task_cache, temporal
 from common_operations.infra.entity_config import load_entities
 from common_operations.infra.events import build_publisher
+from common_operations.infra.rate_limit import RateLimiter
 from common_operations.infra.settings_schemas import load_setting_groups
 from common_operations.infra.sinks.chunks import SinkRegistry
 from common_operations.infra.storage import Storage, build_storage
@@ -32,6 +33,7 @@ from common_operations.infra.temporal import TaskWorkflows
 from common_operations.infra.versioned_cache import VersionedCache
 from common_operations.services.bulk import BulkService
 from common_operations.services.identity import Authenticator
+from common_operations.services.limits import TaskLimits
 from common_operations.services.messages import MessagesService
 from common_operations.services.reconciler import Reconciler, reconciler_probes
 from common_operations.services.relay import OutboxRelay
@@ -115,6 +117,10 @@ async def open_runtime(
         # Blocking (a bucket check on S3), so off the event loop.
         await asyncio.to_thread(storage.ensure_ready)
         repository = TaskRepository(engine, writes=tasks_cache)
+        # One set of rate-limit buckets for every use case, shared by replicas through Redis on the
+        # caches' short-timeout client: a slow or missing Redis means in-process buckets, never a
+        # slow or failed request.
+        limits = TaskLimits(settings.limits, limiter=RateLimiter(cache_client), tasks=repository)
         ops = settings.operations
         workflows = TaskWorkflows(
             client,
@@ -156,6 +162,7 @@ async def open_runtime(
                 cache=tasks_cache,
                 webhooks=settings.webhooks,
                 audit=audit,
+                limits=limits,
             ),
             storage=storage,
             entities=entities,
@@ -165,10 +172,12 @@ async def open_runtime(
                 SettingsRepository(engine.pool),
                 load_setting_groups(settings.settings_groups.schemas_dir),
                 VersionedCache(cache_client, "co:settings:", settings.cache.settings_ttl),
+                limits=limits,
             ),
             messages=MessagesService(
                 MessagesRepository(engine.pool),
                 VersionedCache(cache_client, "co:messages:", settings.cache.messages_ttl),
+                limits=limits,
             ),
             auth=Authenticator(settings.auth),
             audit=audit,

@@ -1,9 +1,9 @@
 """The messages catalogue in Postgres; every change is written with its ``messages.changed`` event.
 
-A change locks the key's row (if any), lets the service decide on it, and writes the row and the
-outbox event in one transaction. Event ids carry the row's version and its creation instant, so a
-message deleted and created again (versions start at 1 again) gets new ids rather than ids the
-outbox already holds.
+A change locks the key's row (if any), lets the service decide on it, and writes the row, the
+outbox event and (when a principal makes it) the ``admin_audit_log`` row in one transaction. Event
+ids carry the row's version and its creation instant, so a message deleted and created again
+(versions start at 1 again) gets new ids rather than ids the outbox already holds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 import asyncpg
 
 from common_operations.db import outbox
+from common_operations.db.audit_repository import AuditEntry, record
 from common_operations.domain.messages import Message, MessagePage
+from common_operations.domain.principal import Principal
 
 _COLUMNS = (
     "key, category, default_language, translations, variables, escape_html, version, created_at, updated_at"
@@ -69,8 +71,13 @@ class MessagesRepository:
             total = await connection.fetchval(_COUNT, category)
         return MessagePage([_message(r) for r in rows], int(total))
 
-    async def upsert(self, message: Message, *, changed_by: str, decide: Decide) -> tuple[Message, bool]:
+    async def upsert(
+        self, message: Message, *, changed_by: str, decide: Decide, actor: Principal | None = None
+    ) -> tuple[Message, bool]:
         """Create or replace ``message`` with its ``messages.changed`` event.
+
+        ``actor``: the principal making the change; a ``message.upsert`` audit row (the message
+        before and after) is written with it.
 
         Returns:
             The stored message and whether it changed (False: ``decide`` found nothing to write).
@@ -93,10 +100,29 @@ class MessagesRepository:
                 )
             )
             await _enqueue(connection, stored, "upsert", changed_by)
+            if actor is not None:
+                await record(
+                    connection,
+                    actor,
+                    AuditEntry(
+                        "message.upsert",
+                        "message",
+                        message.key,
+                        old_state=message_document(current) if current is not None else None,
+                        new_state=message_document(stored),
+                        metadata={"version": stored.version, "created": current is None},
+                    ),
+                )
         return stored, True
 
-    async def delete(self, key: str, *, changed_by: str, decide: Decide) -> Message | None:
-        """Delete the message with its ``messages.changed`` event; the deleted message, if there was one."""
+    async def delete(
+        self, key: str, *, changed_by: str, decide: Decide, actor: Principal | None = None
+    ) -> Message | None:
+        """Delete the message with its ``messages.changed`` event; the deleted message, if there was one.
+
+        ``actor``: the principal deleting it; a ``message.delete`` audit row (the message before)
+        is written with it.
+        """
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(_LOCK, key)
             current = _message(row) if row is not None else None
@@ -104,6 +130,18 @@ class MessagesRepository:
                 return None
             await connection.execute(_DELETE, key)
             await _enqueue(connection, current, "delete", changed_by)
+            if actor is not None:
+                await record(
+                    connection,
+                    actor,
+                    AuditEntry(
+                        "message.delete",
+                        "message",
+                        key,
+                        old_state=message_document(current),
+                        metadata={"version": current.version},
+                    ),
+                )
         return current
 
 

@@ -584,6 +584,22 @@ class TaskRepository:
         if result.endswith(" 1") and self.writes is not None:
             await self.writes.deleted(task_id)
 
+    async def count_unfinished(self, owner: str, *, at_most: int | None = None) -> int:
+        """``owner``'s (requested_by) tasks not finished yet: active, or failed with a retry to come.
+
+        Counted up to ``at_most`` (the cap being checked), so an owner with a million open tasks
+        costs no more than one at the cap; served by the (requested_by, status, …) index.
+        """
+        limit = "" if at_most is None else f" LIMIT {int(at_most)}"
+        count = await self._pool.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE requested_by = $1 AND (status = ANY($2::text[])"
+            f" OR (status = $3 AND next_retry_at IS NOT NULL)){limit}) AS unfinished",
+            owner,
+            [s.value for s in ACTIVE_STATUSES],
+            TaskStatus.FAILED.value,
+        )
+        return int(count)
+
     async def logs(self, task_id: uuid.UUID, page: PageRequest) -> Page[TaskLog]:
         """A page of a task's log lines, oldest first."""
         rows, total = await asyncio.gather(

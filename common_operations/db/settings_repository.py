@@ -2,9 +2,9 @@
 
 A change runs in one transaction on one connection: the group's row is locked (created at version 0
 first if the group was never written), the caller's decision is taken on the locked row, then the
-row, a ``settings_audit`` row and the ``settings.changed`` outbox event are written together. Two
-concurrent changes of a group therefore serialise, and a conditional one sees the version the other
-committed.
+row, a ``settings_audit`` row, the ``admin_audit_log`` row and the ``settings.changed`` outbox event
+are written together. Two concurrent changes of a group therefore serialise, and a conditional one
+sees the version the other committed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 
 from common_operations.db import outbox
+from common_operations.db.audit_repository import AuditEntry, record
+from common_operations.domain.principal import Principal
 
 _READ = "SELECT value, version, updated_by, updated_at FROM settings WHERE key = $1"
 _ENSURE = """
@@ -60,12 +62,15 @@ class GroupChange:
         audit_new: the audit row's ``new_value``.
         event: the ``settings.changed`` event's ``data`` without ``version`` and ``changedAt``
             (added here, once they are known).
+        admin_audit: the ``admin_audit_log`` entry (secrets masked), written when the change is
+            made by a principal (``change(actor=…)``); its metadata gets the new ``version``.
     """
 
     values: dict[str, Any]
     audit_old: dict[str, Any]
     audit_new: dict[str, Any]
     event: dict[str, Any]
+    admin_audit: AuditEntry | None = None
 
 
 # Decides on the locked row; None: nothing to change. Raising rolls the transaction back.
@@ -85,15 +90,23 @@ class SettingsRepository:
         return _stored(row) if row is not None else StoredGroup(values={}, version=0)
 
     async def change(
-        self, group: str, *, changed_by: str, is_public: bool, decide: Decide
+        self,
+        group: str,
+        *,
+        changed_by: str,
+        is_public: bool,
+        decide: Decide,
+        actor: Principal | None = None,
     ) -> tuple[StoredGroup, bool]:
-        """Apply ``decide``'s change to the locked row, with its audit row and outbox event.
+        """Apply ``decide``'s change to the locked row, with its audit rows and outbox event.
 
         Args:
             group: the group (the row's key).
             changed_by: who changes it (audit row and ``updated_by``).
             is_public: the row's ``is_public`` when it is created (the group has public keys).
             decide: called once with the locked row; raises to refuse, returns None for no change.
+            actor: the principal making the change; with the decision's ``admin_audit`` entry, an
+                ``admin_audit_log`` row is written in the same transaction.
 
         Returns:
             The row after the call, and whether it changed.
@@ -117,6 +130,20 @@ class SettingsRepository:
                 changed_at,
                 version,
             )
+            if actor is not None and decision.admin_audit is not None:
+                entry = decision.admin_audit
+                await record(
+                    connection,
+                    actor,
+                    AuditEntry(
+                        entry.action,
+                        entry.entity_type,
+                        entry.entity_id,
+                        entry.old_state,
+                        entry.new_state,
+                        {**entry.metadata, "version": version},
+                    ),
+                )
             await outbox.enqueue(
                 connection,
                 stream=f"settings:{group}",

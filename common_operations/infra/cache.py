@@ -45,10 +45,17 @@ class RedisOutage:
     outage is logged once, when it begins.
     """
 
-    def __init__(self, name: str, retry_after: float = CACHE_RETRY_AFTER) -> None:
-        """Track the outages seen by the cache called ``name`` (in the log line)."""
+    def __init__(
+        self, name: str, retry_after: float = CACHE_RETRY_AFTER, *, fallback: str = "served from Postgres"
+    ) -> None:
+        """Track the outages seen by the cache called ``name`` (in the log line).
+
+        ``fallback`` says in the log line what serves meanwhile (the rate limiter's in-process
+        buckets are not Postgres).
+        """
         self._name = name
         self._retry_after = retry_after
+        self._fallback = fallback
         self._down_until = 0.0
 
     @property
@@ -61,10 +68,11 @@ class RedisOutage:
         now = time.monotonic()
         if now >= self._down_until:
             log.warning(
-                "%s: Redis %s failed (%s); skipped for %.0fs, served from Postgres",
+                "%s: Redis %s failed (%s); skipped for %.0fs, %s",
                 self._name,
                 operation,
                 err,
                 self._retry_after,
+                self._fallback,
             )
         self._down_until = now + self._retry_after

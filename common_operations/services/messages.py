@@ -20,15 +20,22 @@ from common_operations.domain.messages import Message, MessagePage, Resolved
 from common_operations.domain.preconditions import VersionCondition
 from common_operations.domain.principal import Principal, require_admin
 from common_operations.infra.versioned_cache import VersionedCache
+from common_operations.services.limits import TaskLimits
 
 
 class MessagesService:
     """Message templates and their rendering."""
 
-    def __init__(self, repository: MessagesRepository, cache: VersionedCache) -> None:
-        """Serve the catalogue from ``repository`` through ``cache``."""
+    def __init__(
+        self, repository: MessagesRepository, cache: VersionedCache, *, limits: TaskLimits | None = None
+    ) -> None:
+        """Serve the catalogue from ``repository`` through ``cache``.
+
+        ``limits``: the rate limits; a change takes a token of the caller's ``admin`` bucket.
+        """
         self._repository = repository
         self._cache = cache
+        self._limits = limits or TaskLimits()
 
     async def page(self, category: str | None, page: int, page_size: int) -> MessagePage:
         """A page of the messages of ``category`` (all when None), ordered by key.
@@ -63,7 +70,8 @@ class MessagesService:
     ) -> tuple[Message, bool]:
         """Create or replace the message ``key`` (admins only).
 
-        Replacing it with the same content changes nothing: no new version, no event.
+        Replacing it with the same content changes nothing: no new version, no event, no audit
+        row; a change is recorded in ``admin_audit_log`` (``message.upsert``) with the write.
 
         Args:
             principal: the caller.
@@ -78,8 +86,10 @@ class MessagesService:
             PermissionDenied: the caller is not an admin.
             ValidationFailed: an invalid field (named in ``field``).
             PreconditionFailed: the condition does not hold.
+            RateLimited: the caller's ``admin`` bucket is empty.
         """
         require_admin(principal, "changing messages")
+        await self._limits.check(principal, "admin")
         message = rules.new_message(
             key,
             category=fields.get("category"),
@@ -94,7 +104,9 @@ class MessagesService:
                 condition.check(current.version if current else None, what=f"message {key!r}")
             return current is None or not current.same_content(message)
 
-        stored, changed = await self._repository.upsert(message, changed_by=principal.subject, decide=decide)
+        stored, changed = await self._repository.upsert(
+            message, changed_by=principal.subject, decide=decide, actor=principal
+        )
         if changed:
             await self._cache.put(key, stored.version, message_document(stored), after_change=True)
         return stored, changed
@@ -102,15 +114,17 @@ class MessagesService:
     async def delete(
         self, principal: Principal, key: str, condition: VersionCondition | None = None
     ) -> Message:
-        """Delete the message ``key`` (admins only).
+        """Delete the message ``key`` (admins only), recorded in ``admin_audit_log`` (``message.delete``).
 
         Raises:
             PermissionDenied: the caller is not an admin.
             ValidationFailed: the key is malformed.
             MessageNotFound: there is none (and no condition was given).
             PreconditionFailed: the condition does not hold.
+            RateLimited: the caller's ``admin`` bucket is empty.
         """
         require_admin(principal, "changing messages")
+        await self._limits.check(principal, "admin")
         rules.validate_key(key)
 
         def decide(current: Message | None) -> bool:
@@ -118,7 +132,9 @@ class MessagesService:
                 condition.check(current.version if current else None, what=f"message {key!r}")
             return current is not None
 
-        deleted = await self._repository.delete(key, changed_by=principal.subject, decide=decide)
+        deleted = await self._repository.delete(
+            key, changed_by=principal.subject, decide=decide, actor=principal
+        )
         if deleted is None:
             raise MessageNotFound(f"no message with key {quoted(key)}", key=key)
         # A tombstone newer than the deleted version, not a plain delete: a reader that fetched the

@@ -2,16 +2,18 @@
 
 Reads are served from the Redis cache when it has the group (a versioned entry that never goes
 backwards, see :mod:`common_operations.infra.versioned_cache`) and from Postgres otherwise. A change
-is validated per key against the group's schema, then written with its audit row and its
-``settings.changed`` event in one transaction; the cache gets the new version after the commit.
+is validated per key against the group's schema, then written with its audit rows (``settings_audit``
+and ``admin_audit_log``, secrets masked in the latter) and its ``settings.changed`` event in one
+transaction; the cache gets the new version after the commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from common_operations.db.audit_repository import AuditEntry
 from common_operations.db.settings_repository import GroupChange, SettingsRepository, StoredGroup
 from common_operations.domain.authorization import require_settings_reader
 from common_operations.domain.errors import SettingsGroupNotFound, quoted
@@ -19,6 +21,10 @@ from common_operations.domain.preconditions import VersionCondition
 from common_operations.domain.principal import Principal, require_admin
 from common_operations.domain.settings_schema import GroupSchema
 from common_operations.infra.versioned_cache import VersionedCache
+from common_operations.services.limits import TaskLimits
+
+# What the admin audit log shows instead of a value the schema marks secret.
+SECRET_MASK: Final = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +49,21 @@ class SettingsService:
     """The settings groups declared in ``settings_groups.schemas_dir``."""
 
     def __init__(
-        self, repository: SettingsRepository, schemas: Mapping[str, GroupSchema], cache: VersionedCache
+        self,
+        repository: SettingsRepository,
+        schemas: Mapping[str, GroupSchema],
+        cache: VersionedCache,
+        *,
+        limits: TaskLimits | None = None,
     ) -> None:
-        """Serve ``schemas``' groups from ``repository`` through ``cache``."""
+        """Serve ``schemas``' groups from ``repository`` through ``cache``.
+
+        ``limits``: the rate limits; an update takes a token of the caller's ``admin`` bucket.
+        """
         self._repository = repository
         self._schemas = dict(schemas)
         self._cache = cache
+        self._limits = limits or TaskLimits()
 
     @property
     def groups(self) -> list[str]:
@@ -87,8 +102,9 @@ class SettingsService:
         """Change some keys of ``group``; the others keep their values (admins only).
 
         Setting keys to the values they already have changes nothing: no new version, no audit row,
-        no event. The audit row holds the whole group before and after; the event names the changed
-        keys and carries their new values, except keys the schema marks ``secret``.
+        no event. The audit rows hold the whole group before and after (``admin_audit_log``: with
+        the values of ``secret`` keys masked); the event names the changed keys and carries their
+        new values, except keys the schema marks ``secret``.
 
         Args:
             principal: the caller.
@@ -101,8 +117,10 @@ class SettingsService:
             SettingsGroupNotFound: no such group is declared.
             ValidationFailed: an unknown key or invalid value (named in ``field``).
             PreconditionFailed: the group's version is not the one the condition names.
+            RateLimited: the caller's ``admin`` bucket is empty.
         """
         require_admin(principal, f"the {group[:100]} settings group")
+        await self._limits.check(principal, "admin")
         schema = self._schema(group)
         checked = schema.validate_patch(patch)
         changed_keys: list[str] = []
@@ -129,10 +147,22 @@ class SettingsService:
                     "values": schema.event_values({k: after[k] for k in changed_keys}),
                     "changedBy": principal.subject,
                 },
+                admin_audit=AuditEntry(
+                    "settings.update",
+                    "settings",
+                    group,
+                    old_state=_masked(schema, before),
+                    new_state=_masked(schema, after),
+                    metadata={"changedKeys": list(changed_keys)},
+                ),
             )
 
         stored, changed = await self._repository.change(
-            group, changed_by=principal.subject, is_public=bool(schema.public_fields), decide=decide
+            group,
+            changed_by=principal.subject,
+            is_public=bool(schema.public_fields),
+            decide=decide,
+            actor=principal,
         )
         await self._cache.put(group, stored.version, stored.values, after_change=changed)
         view = SettingsView(group, schema.effective(stored.values), stored.version)
@@ -154,3 +184,11 @@ class SettingsService:
                 group=group[:100],
             )
         return schema
+
+
+def _masked(schema: GroupSchema, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every key the schema marks secret shown as :data:`SECRET_MASK`."""
+    return {
+        name: SECRET_MASK if name in schema.fields and schema.fields[name].secret else value
+        for name, value in values.items()
+    }

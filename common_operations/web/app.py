@@ -13,6 +13,7 @@ from litestar.openapi.spec import Tag
 
 from common_operations.bootstrap import Runtime
 from common_operations.domain import task as limits
+from common_operations.web.controllers.admin import AdminController
 from common_operations.web.controllers.files import FileController
 from common_operations.web.controllers.health import HealthController
 from common_operations.web.controllers.messages import MessagesController
@@ -78,6 +79,7 @@ def openapi_config() -> OpenAPIConfig:
             Tag(name="Health", description="Probes"),
             Tag(name="Settings", description="Settings groups (payment first): admin and public views"),
             Tag(name="Messages", description="The i18n message templates and their rendering"),
+            Tag(name="Admin", description="API keys and the audit log (admin role)"),
         ],
         use_handler_docstrings=True,
     )
@@ -104,6 +106,7 @@ def create_app(runtime: Runtime) -> Litestar:
             PublicPaymentSettingsController,
             SettingsController,
             MessagesController,
+            AdminController,
             metrics,
         ],
         dependencies=dependencies(
