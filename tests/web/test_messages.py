@@ -45,7 +45,7 @@ async def test_upsert_get_list_delete(api: httpx.AsyncClient, runtime: Runtime, 
 
     stale = await api.put(f"{MESSAGES}/{key}", json=body(category="x"), headers={**ADMIN, "If-Match": '"7"'})
     assert stale.status_code == 412
-    assert (await api.delete(f"{MESSAGES}/{key}")).status_code == 403
+    assert (await api.delete(f"{MESSAGES}/{key}", headers=bearer("bob"))).status_code == 403
     deleted = await api.delete(f"{MESSAGES}/{key}", headers=ADMIN)
     assert deleted.status_code == 200 and deleted.json() == {"success": True, "version": 1}
     assert (await api.get(f"{MESSAGES}/{key}")).json()["code"] == "MESSAGE_NOT_FOUND"
