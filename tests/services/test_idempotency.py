@@ -31,7 +31,8 @@ def body(key: str, **changes: object) -> CreateTask:
 
 @pytest.fixture
 def caller() -> Principal:
-    return Principal(f"idem-{uuid.uuid4().hex[:10]}")
+    # A service: it reports progress on its tasks ("*" reporters) and may create for others.
+    return Principal(f"idem-{uuid.uuid4().hex[:10]}", frozenset({"service"}))
 
 
 async def owned(runtime: Runtime, who: Principal) -> int:
@@ -67,7 +68,10 @@ async def test_the_same_key_with_another_body_is_refused(
 async def test_keys_belong_to_their_caller(runtime: Runtime, worker: Worker) -> None:
     key = uuid.uuid4().hex
     tag = uuid.uuid4().hex[:8]
-    alice, bob = Principal(f"alice-{tag}"), Principal(f"bob-{tag}")
+    alice, bob = (
+        Principal(f"alice-{tag}", frozenset({"service"})),
+        Principal(f"bob-{tag}", frozenset({"service"})),
+    )
     a = await runtime.tasks.create(alice, body(key, requested_by="shared"))
     b = await runtime.tasks.create(bob, body(key, requested_by="shared"))
     assert a.created and b.created and a.task.id != b.task.id

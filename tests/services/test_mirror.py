@@ -16,7 +16,7 @@ from common_operations.domain.task import PageRequest, Task
 from common_operations.domain.workflow_types import LogLine, MirrorOutcome, MirrorWrite
 from tests.helpers import forced_write
 
-WHO = Principal("mirror-test")
+WHO = Principal("mirror-test", frozenset({"admin"}))
 APPLIED, DUPLICATE, FENCED = MirrorOutcome.APPLIED, MirrorOutcome.DUPLICATE, MirrorOutcome.FENCED
 
 

@@ -19,7 +19,8 @@ from common_operations.domain.workflow_types import workflow_id_for
 from common_operations.infra.binaries import wheel_binary
 from tests.helpers import assert_eventually
 
-OPERATOR = Principal("operator-test")
+# An admin: it creates tasks for other requesters and reports progress as their worker would.
+OPERATOR = Principal("operator-test", frozenset({"admin"}))
 
 
 async def temporal_cli(runtime: Runtime, *args: str) -> str:

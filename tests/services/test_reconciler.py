@@ -26,7 +26,7 @@ from tests.broken_workflow import BrokenTaskWorkflow
 from tests.helpers import assert_eventually
 from tests.services.test_operator_actions import temporal_cli
 
-WHO = Principal("reconciler-test")
+WHO = Principal("reconciler-test", frozenset({"admin"}))
 
 
 def test_a_delegated_type_without_a_target_is_refused_when_the_configuration_loads() -> None:

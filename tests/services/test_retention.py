@@ -20,7 +20,8 @@ from common_operations.domain.workflow_types import RETENTION_JOB_WORKFLOW_TYPE,
 from common_operations.services.retention import CRON_MEMO, ensure_retention_schedule
 from tests.helpers import assert_eventually
 
-ME = Principal("retention-test")
+# An admin: only admins create retention tasks.
+ME = Principal("retention-test", frozenset({"admin"}))
 
 
 async def _get(runtime: Runtime, task_id: uuid.UUID) -> Task:

@@ -20,7 +20,8 @@ from common_operations.domain.task import CreateTask, ProgressReport, Task
 from common_operations.infra.task_cache import TaskCache
 from tests.helpers import assert_eventually
 
-ALICE = Principal("alice")
+# An admin: it reports progress on the tasks it creates.
+ALICE = Principal("alice", frozenset({"admin"}))
 
 
 @pytest.fixture

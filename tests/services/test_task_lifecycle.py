@@ -9,7 +9,7 @@ from common_operations.domain.principal import Principal
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import CreateTask, PageRequest, ProgressReport
 
-ALICE = Principal("alice", frozenset({"operator"}))
+ALICE = Principal("alice", frozenset({"admin"}))
 
 
 async def test_external_task_reports_progress_and_completes(runtime: Runtime, worker: Worker) -> None:
