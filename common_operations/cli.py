@@ -230,13 +230,17 @@ async def _serve(
 
 def _banner(settings: Settings, temporal_ui: str | None) -> str:
     host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "") else settings.http.host
+    base = f"{'https' if settings.http.tls_cert_file else 'http'}://{host}:{settings.http.port}"
+    grpc_extras = ("TLS, " if settings.grpc.tls_cert_file else "") + (
+        "reflection + health" if settings.grpc.reflection else "health"
+    )
     lines = [
         "",
         "Common Operations is running (Ctrl-C stops everything):",
-        f"  REST API        http://{host}:{settings.http.port}/api/v1/operations/tasks",
-        f"  API docs        http://{host}:{settings.http.port}/docs",
-        f"  Metrics         http://{host}:{settings.http.port}/metrics",
-        f"  gRPC            {host}:{settings.grpc.port}  (reflection + health enabled)",
+        f"  REST API        {base}/api/v1/operations/tasks",
+        f"  API docs        {base}/docs" if settings.http.docs else "  API docs        off (http.docs)",
+        f"  Metrics         {base}/metrics",
+        f"  gRPC            {host}:{settings.grpc.port}  ({grpc_extras})",
         f"  Temporal        {settings.temporal.address}  namespace {settings.temporal.namespace}",
     ]
     if temporal_ui:
@@ -245,10 +249,27 @@ def _banner(settings: Settings, temporal_ui: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _guard_exposure(settings: Settings) -> None:
+    """Refuse dev auth mode on a non-loopback listener before anything starts; warn loudly in dev mode.
+
+    Raises:
+        typer.Exit: status 2, the configuration must not serve (nothing was started).
+    """
+    from common_operations.infra.exposure import dev_mode_exposure, dev_mode_warning
+
+    if (problem := dev_mode_exposure(settings)) is not None:
+        _error(problem)
+        raise typer.Exit(2)
+    if (warning := dev_mode_warning(settings)) is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"\n*** {warning} ***\n", file=sys.stderr, flush=True)
+
+
 @app.command()
 def run() -> None:
     """Start everything: embedded Postgres and Temporal (unless configured), REST, gRPC, worker."""
     settings = get_settings()
+    _guard_exposure(settings)
     _configure_logging(settings)
     _main(lambda: _run(settings))
 
@@ -353,6 +374,7 @@ def _listeners(settings: Settings, temporal: EmbeddedTemporal | None) -> list[Li
 def api() -> None:
     """Serve REST and gRPC against the configured Postgres and Temporal."""
     settings = get_settings()
+    _guard_exposure(settings)
     _configure_logging(settings)
     _main(lambda: _serve(settings, with_worker=False, with_api=True))
 

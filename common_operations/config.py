@@ -161,20 +161,37 @@ class HttpSettings(BaseModel):
     # Roles that may read /metrics and /health/detailed (empty: anyone who reaches the port).
     internal_roles: list[str] = Field(default_factory=lambda: ["admin", "operator"])
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("http TLS needs both tls_cert_file and tls_key_file")
+        return self
+
 
 class GrpcSettings(BaseModel):
     """gRPC listener."""
 
     host: str = "127.0.0.1"
     port: int = Field(9000, ge=0, le=65535)
-    # TLS: both set → a TLS listener; with tls_client_ca_file, client certificates are checked
-    # (required when require_client_cert) and a verified certificate's subject is the principal.
+    # TLS: both set → a TLS listener. mTLS: tls_client_ca_file with require_client_cert: every client
+    # presents a certificate that CA signed, and its subject (common name) is the principal.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     require_client_cert: bool = False
     # The server reflection service (grpcurl without the .proto files).
     reflection: bool = True
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> GrpcSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("grpc TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("grpc.tls_client_ca_file needs a TLS listener (tls_cert_file, tls_key_file)")
+        # gRPC Python cannot ask for an optional client certificate: with a client CA it requires one.
+        if (self.tls_client_ca_file is not None) != self.require_client_cert:
+            raise ValueError("grpc.require_client_cert and grpc.tls_client_ca_file go together (mTLS)")
+        return self
 
 
 class JwtSettings(BaseModel):
@@ -261,7 +278,9 @@ class TemporalSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     """Postgres; an empty url starts embedded Postgres under ``data_dir``."""
 
-    url: str | None = None
+    # repr=False here and on every other secret-bearing field: a URL can carry a password, and
+    # settings get printed (repr, logs, tracebacks). The value itself stays a plain str for callers.
+    url: str | None = Field(None, repr=False)
     pool_min: int = Field(2, ge=1)
     pool_max: int = Field(20, ge=1)
 
@@ -270,8 +289,8 @@ class S3Settings(BaseModel):
     """An S3-compatible endpoint (MinIO in docker-compose, AWS S3, moto in tests)."""
 
     endpoint: str = "127.0.0.1:9100"
-    access_key: str = "minioadmin"
-    secret_key: str = "minioadmin"
+    access_key: str = Field("minioadmin", repr=False)
+    secret_key: str = Field("minioadmin", repr=False)
     secure: bool = False
     region: str = "us-east-1"
     bucket: str = "common-operations"
@@ -290,7 +309,7 @@ class StorageSettings(BaseModel):
     # local: base of the signed upload/download URLs (default: http://127.0.0.1:<http.port>).
     public_base_url: str | None = None
     # local: the HMAC key of signed URLs (default: generated once into <data_dir>/storage.key).
-    signing_secret: str | None = None
+    signing_secret: str | None = Field(None, repr=False)
     s3: S3Settings = S3Settings()
     upload_url_ttl: float = Field(3600.0, gt=0, description="seconds an upload URL stays valid")
     download_url_ttl: float = Field(3600.0, gt=0, description="seconds a download URL stays valid")
@@ -304,7 +323,9 @@ class BulkSettings(BaseModel):
     entities_dir: Path = PROJECT_ROOT / "configs" / "entities"
     # Databases the postgres sinks name (entity `sink.database`); an empty url is the service's
     # own Postgres server with the database name `commerce` (created on start).
-    databases: dict[str, str | None] = Field(default_factory=lambda: dict[str, str | None](commerce=None))
+    databases: dict[str, str | None] = Field(
+        default_factory=lambda: dict[str, str | None](commerce=None), repr=False
+    )
     chunk_rows: int = Field(5000, ge=1, le=100_000, description="rows one import chunk commits at once")
     heartbeat_timeout: float = Field(30.0, gt=0, description="seconds a bulk activity may stay silent")
     breaker_reset_after: float = Field(
@@ -342,13 +363,13 @@ class EventSettings(BaseModel):
     source: str = Field("common-operations", description="CloudEvents `source` of every event")
     topics: EventTopics = EventTopics()
     # redis backend: the Redis to write streams to (null: the service's redis_url).
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, repr=False)
     stream_maxlen: int | None = Field(None, ge=1, description="approximate MAXLEN of each stream")
     # dapr backend: the sidecar (also read from DAPR_GRPC_ENDPOINT / DAPR_HTTP_ENDPOINT /
     # DAPR_API_TOKEN); an unset gRPC endpoint is the sidecar's default, 127.0.0.1:50001.
     dapr_grpc_endpoint: str | None = None
     dapr_http_endpoint: str | None = None
-    dapr_api_token: str | None = None
+    dapr_api_token: str | None = Field(None, repr=False)
     sweep_interval: float = Field(2.0, gt=0, description="seconds between sweeps of unrelayed events")
     lease_seconds: float = Field(30.0, gt=0, description="how long a relay holds a stream it publishes")
     batch_size: int = Field(500, ge=1, le=10_000, description="events one sweep claims at most")
@@ -360,7 +381,7 @@ class WebhookSettings(BaseModel):
 
     # HMAC-SHA256 key of the signature header (also read from WEBHOOK_SECRET). Unset: a task with a
     # callbackUrl is refused, since nothing unsigned is ever sent.
-    secret: str | None = None
+    secret: str | None = Field(None, repr=False)
     # Loopback, link-local and private addresses are refused unless allowed here.
     allow_private_addresses: bool = False
     # Hosts (exact names or IP literals) allowed even when they resolve to a private address.
@@ -410,18 +431,20 @@ class Settings(BaseSettings):
     settings_groups: SettingsGroupsSettings = SettingsGroupsSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
-    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "database_url"), repr=False
+    )
     temporal_address: str | None = Field(
         None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "temporal_address")
     )
     temporal_namespace: str | None = Field(
         None, validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "temporal_namespace")
     )
-    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"), repr=False)
     dapr_grpc_endpoint: str | None = Field(None, validation_alias=AliasChoices("DAPR_GRPC_ENDPOINT"))
     dapr_http_endpoint: str | None = Field(None, validation_alias=AliasChoices("DAPR_HTTP_ENDPOINT"))
-    dapr_api_token: str | None = Field(None, validation_alias=AliasChoices("DAPR_API_TOKEN"))
-    webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"))
+    dapr_api_token: str | None = Field(None, validation_alias=AliasChoices("DAPR_API_TOKEN"), repr=False)
+    webhook_secret: str | None = Field(None, validation_alias=AliasChoices("WEBHOOK_SECRET"), repr=False)
     jwt_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("JWT_SECRET"))
 
     @field_validator("data_dir")
@@ -438,9 +461,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Init arguments, then environment, then the YAML file."""
+        """Init arguments, then environment, then secret files (``<NAME>_FILE``), then the YAML file."""
+        from common_operations.infra.secrets import SecretFilesSource
+
         path = Path(os.environ.get("CONFIG_FILE", DEFAULT_CONFIG_FILE))
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return (
+            init_settings,
+            env_settings,
+            SecretFilesSource(settings_cls),
+            YamlConfigSettingsSource(settings_cls, yaml_file=path),
+        )
 
     def model_post_init(self, context: Any, /) -> None:
         """Fold the well-known top-level variables into their sections."""

@@ -15,6 +15,7 @@ from common_operations.bootstrap import Runtime
 from common_operations.grpc.errors import lenient_deserializer
 from common_operations.grpc.servicer import OperationsServicer
 from common_operations.grpc.v1 import operations_pb2, operations_pb2_grpc
+from common_operations.infra.tls import grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ async def build_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A server (not yet started) with the operations, health and reflection services.
 
+    TLS (and client certificates) as ``grpc`` of the runtime's settings say; the reflection service
+    only with ``grpc.reflection``.
+
     Args:
         runtime: the connected services the RPCs call.
         host: interface to listen on.
@@ -94,13 +98,24 @@ async def build_server(
 
     Raises:
         RuntimeError: the address cannot be bound.
+        TlsConfigError: a configured certificate, key or CA file cannot be read.
     """
+    config = runtime.settings.grpc
+    credentials = grpc_server_credentials(config)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_operations_service(OperationsServicer(runtime.tasks, runtime.auth), server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((OPERATIONS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (OPERATIONS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+    address = f"{host}:{port}"
+    bound = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
     for service in (OPERATIONS_SERVICE, OVERALL_HEALTH):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return server, bound
@@ -120,7 +135,8 @@ async def serve_grpc(runtime: Runtime, host: str, port: int) -> None:
     health_servicer = health.aio.HealthServicer()
     server, bound = await build_server(runtime, host, port, health_servicer=health_servicer)
     await server.start()
-    log.info("gRPC listening on %s:%d", host, bound)
+    tls = "TLS" if runtime.settings.grpc.tls_cert_file is not None else "plaintext"
+    log.info("gRPC listening on %s:%d (%s)", host, bound, tls)
     try:
         await server.wait_for_termination()
     except asyncio.CancelledError:

@@ -29,6 +29,7 @@ from common_operations.domain.authorization import (
     visibility,
 )
 from common_operations.domain.errors import (
+    DomainError,
     IdempotencyKeyReused,
     InvalidTransition,
     NotAvailable,
@@ -62,6 +63,7 @@ from common_operations.domain.task import (
 )
 from common_operations.domain.task_snapshot import task_snapshot
 from common_operations.domain.workflow_types import HandlerKind
+from common_operations.infra.secrets import scrub
 from common_operations.infra.task_cache import TaskCache
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.infra.webhooks import check_callback_url
@@ -656,13 +658,27 @@ class ProbeFailed(Exception):
 
 
 async def _probe(probe: Callable[[], Awaitable[None]]) -> str:
+    # The component states are shown to callers (/health/detailed, gRPC Health): a library's
+    # exception text names hosts, ports and sometimes DSNs, so it is logged here and the answer says
+    # only what kind of failure it was. Our own findings are shown, without any address they quote.
     try:
         await asyncio.wait_for(probe(), timeout=5)
-    except ProbeFailed as err:
-        return f"down: {err}"
+    except (ProbeFailed, DomainError) as err:
+        return f"down: {scrub(str(err))}"
+    except TimeoutError:
+        log.warning("health probe %s: no answer within 5 s", _probe_name(probe))
+        return "down: no answer within 5 s"
     except Exception as err:
-        return f"down: {type(err).__name__}: {err}"
+        log.warning("health probe %s failed: %s: %s", _probe_name(probe), type(err).__name__, err)
+        reason = "unreachable" if isinstance(err, OSError) else "error"
+        return f"down: {reason} ({type(err).__name__})"
     return "up"
+
+
+def _probe_name(probe: Callable[[], Awaitable[None]]) -> str:
+    return str(
+        getattr(probe, "__qualname__", None) or getattr(getattr(probe, "func", None), "__qualname__", "?")
+    )
 
 
 # A missing task and a hidden one get the very same error (no existence leak).

@@ -26,6 +26,7 @@ from common_operations.web.controllers.tasks import TaskController
 from common_operations.web.dependencies import dependencies
 from common_operations.web.errors import exception_handlers
 from common_operations.web.metrics import count_unmatched, metrics, metrics_middleware
+from common_operations.web.security import cors_config, security_headers
 
 API_VERSION = "1.0.0"
 # Explicit rather than Litestar's 10 MB default: the largest valid body (a CreateTask with 64 KiB of
@@ -114,8 +115,10 @@ def create_app(runtime: Runtime) -> Litestar:
         ),
         exception_handlers=exception_handlers(),
         middleware=[metrics_middleware],
-        before_send=[count_unmatched],
-        openapi_config=openapi_config(),
+        before_send=[count_unmatched, security_headers(runtime.settings.http)],
+        cors_config=cors_config(runtime.settings.http),
+        # http.docs false: no OpenAPI document and no Swagger UI (/docs answers 404).
+        openapi_config=openapi_config() if runtime.settings.http.docs else None,
         state=State({"runtime": runtime}),
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         request_class=_Request,

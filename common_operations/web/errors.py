@@ -19,6 +19,7 @@ from litestar.types import ExceptionHandlersMap
 
 from common_operations.db.outage import as_outage
 from common_operations.domain.errors import DomainError, ErrorKind, RateLimited
+from common_operations.infra.secrets import scrub
 from common_operations.web.schemas import FieldError, ProblemDetails
 
 logger = logging.getLogger(__name__)
@@ -126,12 +127,19 @@ def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> R
         errors = [FieldError(field=str(field), message=exc.message)]
     if status >= 500 and exc.kind is ErrorKind.INTERNAL:
         logger.error("internal domain error on %s %s", request.method, request.url.path, exc_info=exc)
+    message = exc.message
+    if status >= 500:
+        # Outage messages can quote a backing service's error text (its host, port or URL): the
+        # client learns what is down, not where it is. The full text is in the log.
+        message = scrub(message)
+        if message != exc.message:
+            logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(exc.retry_after_seconds)}
     elif exc.kind is ErrorKind.UNAUTHENTICATED:
         headers = {"WWW-Authenticate": 'Bearer realm="common-operations"'}
-    return problem(request, status, exc.code, exc.message, errors=errors, details=details, headers=headers)
+    return problem(request, status, exc.code, message, errors=errors, details=details, headers=headers)
 
 
 def _field_errors(extra: dict[str, Any] | list[Any] | None) -> list[FieldError]:

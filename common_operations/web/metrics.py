@@ -24,6 +24,8 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
+from common_operations.web.security import internal_only
+
 UNMATCHED = "<unmatched>"
 
 REQUESTS = Counter(
@@ -99,7 +101,14 @@ async def count_unmatched(message: Message, scope: Scope) -> None:
             count.inc()
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False, media_type=MediaType.TEXT)
+@get(
+    "/metrics",
+    include_in_schema=False,
+    sync_to_thread=False,
+    media_type=MediaType.TEXT,
+    # Only principals with one of http.internal_roles (open when that list is empty).
+    guards=[internal_only],
+)
 def metrics() -> Response[bytes]:
     """Prometheus text exposition of the process's default registry."""
     # As a header: Litestar would append a second charset to a text/* media type.

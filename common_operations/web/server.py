@@ -28,6 +28,8 @@ async def serve_http(runtime: Runtime, host: str, port: int) -> None:
     On cancellation the server is asked to exit and awaited, so open requests finish and the socket
     is closed before the cancellation propagates.
 
+    Serves HTTPS when ``http.tls_cert_file`` and ``http.tls_key_file`` are configured.
+
     Args:
         runtime: connected services; not closed here.
         host: interface to listen on.
@@ -36,8 +38,20 @@ async def serve_http(runtime: Runtime, host: str, port: int) -> None:
     Raises:
         OSError: the address cannot be bound.
     """
+    http = runtime.settings.http
+    tls = http.tls_cert_file is not None and http.tls_key_file is not None
     config = uvicorn.Config(
-        create_app(runtime), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        create_app(runtime),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        # HTTPS only when both are set (plain HTTP to this port then fails the handshake).
+        ssl_certfile=str(http.tls_cert_file) if tls else None,
+        ssl_keyfile=str(http.tls_key_file) if tls else None,
+        # No "server: uvicorn" header: the answer need not say what serves it.
+        server_header=False,
     )
     server = _Server(config)
 

@@ -15,12 +15,17 @@ Schemathesis alone seldom goes there). Checked for every answer: not a 5xx (a do
 route that is not implemented yet excepted), a documented status code, the documented content type,
 headers and body schema. Each operation and mode stops at its first failure; all failures are
 reported together.
+
+The service runs in ``required`` auth mode. The document is fuzzed with an admin token and with a
+plain user's token (the tasks aimed at are that user's own, so its requests reach the service too),
+and without credentials: then no write succeeds and every operation that is not public answers 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import time
 import uuid
@@ -33,7 +38,8 @@ import pytest
 import requests
 import schemathesis
 import uvicorn
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
@@ -46,12 +52,16 @@ from schemathesis.specs.openapi.checks import (
 from temporalio.worker import Worker
 
 from common_operations.bootstrap import Runtime
+from common_operations.config import Settings
 from common_operations.web.app import create_app
+from tests.auth_support import auth_settings, bearer
 from tests.web.support import create, eventually_status, reported
 
-# Examples per operation and mode. 18 operations x (30 + 15) stays around half a minute on 2 cores.
+# Examples per operation and mode (admin token). 18 operations x (30 + 15) stays around half a minute
+# on 2 cores; the user and anonymous runs take fewer.
 POSITIVE_EXAMPLES = 30
 NEGATIVE_EXAMPLES = 15
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CHECKS = [
     status_code_conformance,
     content_type_conformance,
@@ -63,7 +73,7 @@ REQUEST_TIMEOUT = 30.0
 IN_RANGE_ONLY = frozenset({"priority", "maxRetries", "fileSize"})
 MAX_QUERY_VALUE = 8 * 1024
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(420)
 
 # Values just past the domain's limits: column lengths, int32/int64, UTC years 1 to 9999.
 EDGE_VALUES = st.one_of(
@@ -100,6 +110,13 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         """Leave the process's signal handlers alone."""
         yield
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Required auth mode, as every deployment but ``make run``: the token decides who calls."""
+    settings.auth = settings.auth.model_validate(auth_settings("required"))
+    return settings
 
 
 @pytest.fixture
@@ -141,6 +158,12 @@ class Run:
     base_url: str
     task_ids: list[str]
     task_types: list[str]
+    # Examples per operation: positive, negative.
+    examples: tuple[int, int] = (POSITIVE_EXAMPLES, NEGATIVE_EXAMPLES)
+    # Without credentials: no write may succeed, and (method, path) outside ``public`` answer 401.
+    anonymous: bool = False
+    public: frozenset[tuple[str, str]] = frozenset()
+    unauthenticated: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     requests: int = 0
     setup: float = 0.0
@@ -186,13 +209,15 @@ def _server_error(response: schemathesis.Response, case: schemathesis.Case) -> s
 
 
 def _fuzz_operation(run: Run, session: requests.Session, operation: Any, mode: GenerationMode) -> None:
-    examples = POSITIVE_EXAMPLES if mode is GenerationMode.POSITIVE else NEGATIVE_EXAMPLES
+    examples = run.examples[0] if mode is GenerationMode.POSITIVE else run.examples[1]
+    method = operation.method.upper()
+    public = (method, operation.path) in run.public
     path_names = [p.name for p in operation.path_parameters]
     creates = operation.definition.raw.get("operationId") == "CreateTask"
     # Operations without a body or query parameters keep stopping early once every example was sent.
     takes_input = bool(operation.query) or "requestBody" in operation.definition.raw
 
-    @settings(
+    @fuzz_settings(
         max_examples=examples,
         derandomize=True,
         database=None,
@@ -225,6 +250,13 @@ def _fuzz_operation(run: Run, session: requests.Session, operation: Any, mode: G
         run.statuses[response.status_code] = run.statuses.get(response.status_code, 0) + 1
         if error := _server_error(response, case):
             raise AssertionError(f"server error: {error}\n{case.as_curl_command()}")
+        if run.anonymous:
+            if response.status_code == 401:
+                run.unauthenticated[operation.label] = run.unauthenticated.get(operation.label, 0) + 1
+            if (method in WRITES or not public) and response.status_code < 400:
+                raise AssertionError(
+                    f"succeeded without credentials: {response.status_code}\n{case.as_curl_command()}"
+                )
         case.validate_response(response, checks=CHECKS)
 
     try:
@@ -236,10 +268,12 @@ def _fuzz_operation(run: Run, session: requests.Session, operation: Any, mode: G
         run.findings.append(Finding(operation.label, mode.value, str(exc)[:3000]))
 
 
-async def _tasks_in_every_state(base_url: str) -> list[str]:
-    """Two pending, a processing, a failed and a completed task, to aim the task-id operations at."""
-    who = f"fuzz-{uuid.uuid4().hex[:10]}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as api:
+async def _tasks_in_every_state(base_url: str, who: str) -> list[str]:
+    """Two pending, a processing, a failed and a completed task of ``who`` for the task-id operations."""
+    # Reports and reads as an admin (always allowed); the tasks are created by ``who``'s token.
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=30, headers=bearer("fuzz-setup", ["admin"])
+    ) as api:
         pending = await create(api, who)
         other_pending = await create(api, who)
         processing = await create(api, who)
@@ -253,30 +287,82 @@ async def _tasks_in_every_state(base_url: str) -> list[str]:
         return [pending["id"], other_pending["id"], processing["id"], failed["id"], completed["id"]]
 
 
-async def test_openapi_operations_answer_as_documented(served: str) -> None:
-    async with httpx.AsyncClient(base_url=served) as api:
-        raw_schema = (await api.get("/docs/openapi.json")).json()
+async def _fuzz(run: Run, who: str, headers: dict[str, str]) -> dict[str, Any]:
+    """Fuzz every operation of the served document as ``headers`` say; the document."""
+    async with httpx.AsyncClient(base_url=run.base_url, headers=bearer("fuzz-docs", ["admin"])) as api:
+        raw_schema: dict[str, Any] = (await api.get("/docs/openapi.json")).json()
     schema = schemathesis.openapi.from_dict(raw_schema)
-    run = Run(base_url=served, task_ids=[], task_types=["process", "data_sync"])
     started = time.monotonic()
     with requests.Session() as session:
+        session.headers.update(headers)
         for result in schema.get_all_operations():
             operation = result.ok()
             # Fresh tasks for each operation: the previous one may have cancelled or deleted them.
             if operation.path_parameters:
                 t0 = time.monotonic()
-                run.task_ids = await _tasks_in_every_state(served)
+                run.task_ids = await _tasks_in_every_state(run.base_url, who)
                 run.setup += time.monotonic() - t0
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 await asyncio.to_thread(_fuzz_operation, run, session, operation, mode)
     elapsed = time.monotonic() - started
     print(
-        f"schemathesis: {run.requests} requests in {elapsed:.1f}s ({run.setup:.1f}s making tasks), "
+        f"schemathesis ({who}): {run.requests} requests in {elapsed:.1f}s ({run.setup:.1f}s making tasks), "
         f"statuses {sorted(run.statuses.items())}"
     )
-
     assert not run.findings, "\n\n".join(f"{f.operation} [{f.mode}]\n{f.error}" for f in run.findings)
     operations = sum(len(methods) for methods in raw_schema["paths"].values())
     assert run.requests >= operations, "every operation ran"
-    # Requests got past decoding into the service: tasks were created and reports applied.
+    return raw_schema
+
+
+@pytest.mark.parametrize(
+    ("roles", "examples"),
+    [(["admin"], (POSITIVE_EXAMPLES, NEGATIVE_EXAMPLES)), ([], (15, 8))],
+    ids=["admin", "user"],
+)
+async def test_openapi_operations_answer_as_documented(
+    served: str, roles: list[str], examples: tuple[int, int]
+) -> None:
+    who = f"fuzz-{'-'.join(roles) or 'user'}-{uuid.uuid4().hex[:8]}"
+    run = Run(base_url=served, task_ids=[], task_types=["process", "data_sync"], examples=examples)
+    await _fuzz(run, who, bearer(who, roles))
+    # Requests got past decoding into the service: tasks were created and reports applied (an
+    # admin's) or read (a user's own).
     assert run.statuses.get(201, 0) > 0 and run.statuses.get(200, 0) > 0, run.statuses
+
+
+def _public_operations(runtime: Runtime) -> frozenset[tuple[str, str]]:
+    """(method, OpenAPI path) of the routes marked public: they serve callers without credentials."""
+    app = create_app(runtime)
+    public: set[tuple[str, str]] = set()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if handler.opt.get("public"):
+                path = re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route.path)
+                public |= {(method.upper(), path) for method in handler.http_methods}
+    return frozenset(public)
+
+
+async def test_without_credentials_nothing_changes(served: str, runtime: Runtime) -> None:
+    public = _public_operations(runtime)
+    assert ("GET", "/health") in public
+    run = Run(
+        base_url=served,
+        task_ids=[],
+        task_types=["process", "data_sync"],
+        examples=(10, 5),
+        anonymous=True,
+        public=public,
+    )
+    raw_schema = await _fuzz(run, f"fuzz-anonymous-{uuid.uuid4().hex[:8]}", {})
+    # Every operation that is not public refused the anonymous caller (at least once: a malformed
+    # request may be refused for that first, 400/404/413).
+    protected = {
+        f"{method.upper()} {path}"
+        for path, methods in raw_schema["paths"].items()
+        for method in methods
+        if (method.upper(), path) not in public
+    }
+    assert protected, "the document has operations that need credentials"
+    assert protected <= set(run.unauthenticated), sorted(protected - set(run.unauthenticated))
+    assert run.statuses.get(201, 0) == 0 and run.statuses.get(204, 0) == 0, run.statuses

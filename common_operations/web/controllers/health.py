@@ -13,10 +13,16 @@ from litestar.openapi import ResponseSpec
 from common_operations.services.tasks import TaskService
 from common_operations.web import mapping
 from common_operations.web.dependencies import PUBLIC, Call
+from common_operations.web.errors import problem_responses
 from common_operations.web.schemas import HealthResponse, LiveResponse
+from common_operations.web.security import internal_only
 
 _UNHEALTHY = {503: ResponseSpec(LiveResponse, description="A backing service is down")}
-_UNHEALTHY_DETAILED = {503: ResponseSpec(HealthResponse, description="A backing service is down")}
+_UNHEALTHY_DETAILED = {
+    503: ResponseSpec(HealthResponse, description="A backing service is down"),
+    # Only for the roles of http.internal_roles.
+    **problem_responses(401, 403),
+}
 
 
 class HealthController(Controller):
@@ -51,11 +57,15 @@ class HealthController(Controller):
         operation_id="HealthDetailed",
         summary="Health of each backing service",
         responses=_UNHEALTHY_DETAILED,
+        # Only principals with one of http.internal_roles (public when that list is empty).
+        guards=[internal_only],
+        opt=PUBLIC,
     )
     async def detailed(self, call: Call) -> Response[HealthResponse]:
         """Every component's state; 200 while the required ones are up.
 
-        The status reads ``degraded`` when an optional service (Redis) is down.
+        The status reads ``degraded`` when an optional service (Redis) is down. Needs one of the
+        roles of ``http.internal_roles`` (by default admin or operator; 401 without credentials).
         """
         report = await call.tasks.health()
         body = mapping.health_response(report, show_degraded=True)
