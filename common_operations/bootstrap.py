@@ -15,6 +15,7 @@ from temporalio.client import Client
 from common_operations.activities.bulk import BulkContext
 from common_operations.config import Settings
 from common_operations.db import engine as db_engine
+from common_operations.db.api_keys_repository import ApiKeysRepository
 from common_operations.db.audit_repository import AuditLog
 from common_operations.db.bulk_repository import BulkRepository
 from common_operations.db.messages_repository import MessagesRepository
@@ -31,6 +32,7 @@ from common_operations.infra.sinks.chunks import SinkRegistry
 from common_operations.infra.storage import Storage, build_storage
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.infra.versioned_cache import VersionedCache
+from common_operations.services.api_keys import ApiKeysService
 from common_operations.services.bulk import BulkService
 from common_operations.services.identity import Authenticator
 from common_operations.services.limits import TaskLimits
@@ -61,6 +63,8 @@ class Runtime:
     # Who callers are (both transports), and the admin audit log.
     auth: Authenticator
     audit: AuditLog
+    # API keys of services (admin use cases; the Authenticator looks keys up in the same table).
+    api_keys: ApiKeysService
     # Optional: caches and the redis event backend use it; None when no redis_url is configured.
     redis: Redis | None = None
     # The outbox relay (events.backend); its sweeper runs in the worker, its fast path in the mirror.
@@ -147,6 +151,7 @@ async def open_runtime(
         publisher = build_publisher(settings.events, redis_url=settings.redis_url, redis=redis)
         relay = OutboxRelay(OutboxRepository(engine.pool), repository, publisher, settings.events)
         audit = AuditLog(engine.pool)
+        api_keys = ApiKeysRepository(engine.pool)
         yield Runtime(
             settings=settings,
             engine=engine,
@@ -179,8 +184,9 @@ async def open_runtime(
                 VersionedCache(cache_client, "co:messages:", settings.cache.messages_ttl),
                 limits=limits,
             ),
-            auth=Authenticator(settings.auth),
+            auth=Authenticator(settings.auth, api_keys),
             audit=audit,
+            api_keys=ApiKeysService(api_keys),
             redis=redis,
             relay=relay,
         )

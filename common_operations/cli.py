@@ -6,6 +6,7 @@
 - ``api`` / ``worker`` / ``migrate``: the parts separately, against configured servers
   (what docker-compose uses).
 - ``tasks``: operator commands (list, show, reconcile).
+- ``keys``: API keys of services (create, list, revoke), straight in the database.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvloop
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 tasks_app = typer.Typer(help="Operator commands on tasks.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
+keys_app = typer.Typer(help="API keys of services (x-api-key): create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 log = logging.getLogger("common_operations")
 
@@ -471,6 +474,194 @@ def tasks_reconcile() -> None:
         return asdict(await runtime.reconciler().run_once())
 
     _with_runtime(fn)
+
+
+def _embedded_database_url(settings: Settings) -> str | None:
+    """The URL of the embedded Postgres a running ``run`` of this data directory started, if any."""
+    from common_operations.infra.embedded import DATABASE_NAME
+
+    # postmaster.pid: pid, data dir, start time, port, socket directory, listen address, shmem, status.
+    try:
+        lines = (settings.data_dir / "pg" / "postmaster.pid").read_text().splitlines()
+        port, socket_dir, status = int(lines[3]), lines[4].strip(), lines[7].strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    if status != "ready" or not socket_dir:
+        return None
+    return f"postgresql://postgres:@/{DATABASE_NAME}?host={socket_dir}&port={port}"
+
+
+def _with_api_keys(fn: Callable[[Any, Any], Awaitable[None]]) -> None:
+    """Run ``fn(service, actor)`` on the configured database; domain errors exit 1 with their message.
+
+    Only Postgres is needed (not Temporal): the configured ``database.url``, or else the embedded
+    server of a running ``common-operations run`` (``make run``) of the same data directory.
+    """
+    import getpass
+
+    import asyncpg
+
+    from common_operations.domain.errors import DomainError
+    from common_operations.domain.principal import ADMIN_ROLE, Principal
+
+    settings = get_settings()
+    _configure_logging(settings)
+    url = settings.database.url or _embedded_database_url(settings)
+    if not url:
+        _error(
+            "no database: set DATABASE_URL (or database.url), or start the service with `make run` "
+            f"first (its embedded Postgres under {settings.data_dir})"
+        )
+        raise typer.Exit(2)
+    # Whoever can run this with the service's configuration can reach its database: an admin.
+    actor = Principal(f"cli:{getpass.getuser()}", frozenset({ADMIN_ROLE}), via="internal")
+
+    async def main() -> None:
+        from common_operations.db.api_keys_repository import ApiKeysRepository
+        from common_operations.services.api_keys import ApiKeysService
+
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            await fn(ApiKeysService(ApiKeysRepository(pool)), actor)
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(main())
+    except DomainError as exc:
+        _error(exc.message)
+        raise typer.Exit(1) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        _error(f"cannot use the database: {exc}")
+        raise typer.Exit(1) from None
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _expiry(expires_in: str | None, expires_at: str | None) -> Any:
+    """``--expires-in 90d`` / ``--expires-at 2027-01-01T00:00:00Z`` as an aware datetime (or None)."""
+    from datetime import UTC, datetime, timedelta
+
+    if expires_in and expires_at:
+        raise typer.BadParameter("give --expires-in or --expires-at, not both")
+    if expires_in:
+        text = expires_in.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:])
+        try:
+            amount = float(text[:-1]) if unit else float("nan")
+        except ValueError:
+            amount = float("nan")
+        if unit is None or not amount > 0 or amount * unit > 100 * 365 * 86400:
+            raise typer.BadParameter("--expires-in takes a positive number and s, m, h, d or w (e.g. 90d)")
+        return datetime.now(UTC) + timedelta(seconds=amount * unit)
+    if expires_at:
+        try:
+            when = datetime.fromisoformat(expires_at.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise typer.BadParameter(f"--expires-at: not an ISO 8601 instant ({exc})") from None
+        if when.tzinfo is None:
+            raise typer.BadParameter("--expires-at needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+        return when
+    return None
+
+
+def _key_json(record: Any) -> dict[str, Any]:
+    data: dict[str, Any] = record.public()
+    data["lastUsedAt"] = record.last_used_at.isoformat() if record.last_used_at else None
+    return data
+
+
+@keys_app.command("create")
+def keys_create(
+    principal: str = typer.Option(..., help="the name callers with this key act as, e.g. catalog-service"),
+    role: Annotated[
+        list[str] | None, typer.Option("--role", help="a role of the key (repeatable): service, operator, …")
+    ] = None,
+    expires_in: str | None = typer.Option(None, help="lifetime, e.g. 90d, 12h, 2w (default: no expiry)"),
+    expires_at: str | None = typer.Option(None, help="expiry instant, ISO 8601 with a time zone"),
+    description: str = typer.Option("", help="what the key is for"),
+    as_json: bool = typer.Option(False, "--json", help="print the key and its record as JSON"),
+) -> None:
+    """Create a key and print it once: it is stored only as a hash and cannot be shown again."""
+    expiry = _expiry(expires_in, expires_at)
+
+    async def fn(service: Any, actor: Any) -> None:
+        created = await service.create(
+            actor, principal, role or [], description=description, expires_at=expiry
+        )
+        record = created.record
+        if as_json:
+            print(json.dumps({"key": created.key, **_key_json(record)}, indent=2))
+            return
+        roles = ", ".join(record.roles) or "none"
+        expires = record.expires_at.isoformat() if record.expires_at else "never"
+        print(f"API key for {record.principal} (roles: {roles}; expires: {expires})")
+        print(f"  id      {record.id}")
+        print(f"  prefix  {record.prefix}")
+        print()
+        print(f"  {created.key}")
+        print()
+        print("Store it now: it is not shown again. Callers send it as `x-api-key: <key>`.")
+
+    _with_api_keys(fn)
+
+
+@keys_app.command("list")
+def keys_list(
+    show_all: bool = typer.Option(False, "--all", help="include revoked keys"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """List keys (newest first): prefix, principal, roles, created, expires, revoked, last used."""
+
+    async def fn(service: Any, actor: Any) -> None:
+        records: list[Any] = []
+        page = 1
+        while True:
+            found = await service.list_keys(actor, include_revoked=show_all, page=page, page_size=1000)
+            records += found.keys
+            if len(records) >= found.total or not found.keys:
+                break
+            page += 1
+        if as_json:
+            print(json.dumps([_key_json(r) for r in records], indent=2))
+            return
+
+        def when(value: Any) -> str:
+            return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+        header = ("ID", "PREFIX", "PRINCIPAL", "ROLES", "CREATED", "EXPIRES", "REVOKED", "LAST USED")
+        rows = [
+            (
+                str(r.id),
+                r.prefix,
+                r.principal,
+                ",".join(r.roles) or "-",
+                when(r.created_at),
+                when(r.expires_at),
+                when(r.revoked_at),
+                when(r.last_used_at),
+            )
+            for r in records
+        ]
+        widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+        for line in (header, *rows):
+            print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
+        if not rows:
+            print("(no keys)")
+
+    _with_api_keys(fn)
+
+
+@keys_app.command("revoke")
+def keys_revoke(id_or_prefix: str = typer.Argument(..., help="the key's id or its prefix")) -> None:
+    """Revoke a key: it stops working at once (revoking a revoked key changes nothing)."""
+
+    async def fn(service: Any, actor: Any) -> None:
+        record = await service.revoke(actor, id_or_prefix)
+        print(f"revoked {record.prefix} ({record.principal}) at {record.revoked_at.isoformat()}")
+
+    _with_api_keys(fn)
 
 
 def main() -> None:

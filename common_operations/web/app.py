@@ -14,6 +14,7 @@ from litestar.openapi.spec import Tag
 from common_operations.bootstrap import Runtime
 from common_operations.domain import task as limits
 from common_operations.web.controllers.admin import AdminController
+from common_operations.web.controllers.api_keys import ApiKeysController
 from common_operations.web.controllers.files import FileController
 from common_operations.web.controllers.health import HealthController
 from common_operations.web.controllers.messages import MessagesController
@@ -107,6 +108,7 @@ def create_app(runtime: Runtime) -> Litestar:
             PublicPaymentSettingsController,
             SettingsController,
             MessagesController,
+            ApiKeysController,
             AdminController,
             metrics,
         ],

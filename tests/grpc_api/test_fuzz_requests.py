@@ -38,6 +38,7 @@ from hypothesis.strategies import SearchStrategy
 
 from common_operations.domain.status import TaskStatus
 from common_operations.grpc.v1 import operations_pb2 as pb
+from tests.auth_support import token
 from tests.grpc_api.support import ALICE, WORKER, create, get, report
 from tests.helpers import assert_eventually
 
@@ -288,9 +289,26 @@ def message_strategy(desc: Descriptor, world: World) -> SearchStrategy[Any]:
     return build()
 
 
-METADATA = st.sampled_from(
-    [ALICE, WORKER, (), (("x-user-id", "u" * 300),), (("x-user-id", " "), ("x-user-roles", ",,"))]
+# Credentials: valid ones, none (the dev mode's local admin), and every kind of bad one, each of
+# which must be UNAUTHENTICATED (never INTERNAL) whatever the request. Valid ones are drawn twice as
+# often, so that most requests still get past authentication into the service.
+GOOD_METADATA = st.sampled_from([ALICE, WORKER, ()])
+BAD_METADATA = st.sampled_from(
+    [
+        (("authorization", "Bearer not-a-jwt"),),
+        (("authorization", "Bearer "),),
+        (("authorization", "Basic dXNlcjpwYXNz"),),
+        (("authorization", f"Bearer {token('u' * 300)}"),),
+        (("authorization", f"Bearer {token('expired', ttl=-3600)}"),),
+        (("authorization", f"Bearer {token(' ', roles=['admin'])}"),),
+        (("x-api-key", "co_000000000000_" + "A" * 43),),
+        (("x-api-key", "garbage"),),
+        (ALICE[0], ("x-api-key", "co_000000000000_" + "A" * 43)),
+        # Not a credential any more: the dev mode's local admin, whatever it says.
+        (("x-user-id", "u" * 300),),
+    ]
 )
+METADATA = st.one_of(GOOD_METADATA, GOOD_METADATA, BAD_METADATA)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from common_operations.domain.task import (
     MAX_TASK_TYPE_LENGTH,
 )
 from common_operations.web.app import MAX_REQUEST_BODY_BYTES
+from tests.auth_support import bearer
 from tests.web.support import TASKS, Client, assert_problem, create, report
 
 
@@ -198,11 +199,24 @@ async def test_text_at_its_column_length_is_accepted(api: Client, who: str) -> N
     assert len(task["entityType"]) == MAX_ENTITY_TYPE_LENGTH
 
 
-async def test_caller_name_longer_than_requested_by_is_cut_to_the_column(api: Client) -> None:
-    # requestedBy defaults to the x-user-id header, which the identity layer cuts to the column.
+async def test_token_subject_longer_than_requested_by_is_refused(api: Client) -> None:
+    # requestedBy defaults to the caller. A verified subject longer than the column is refused (401)
+    # rather than cut: two long subjects cut alike would share tasks.
+    long_subject = "u" * (MAX_REQUESTED_BY_LENGTH + 1)
+    problem = assert_problem(
+        await api.post(TASKS, json={"taskType": "process"}, headers=bearer(long_subject)),
+        401,
+        "UNAUTHENTICATED",
+    )
+    assert "u" * 50 not in problem["detail"]
+    # x-user-id is no longer an identity: it neither names the caller nor breaks the request.
     resp = await api.post(TASKS, json={"taskType": "process"}, headers={"x-user-id": "u" * 1000})
     assert resp.status_code == 201, resp.text
-    assert resp.json()["task"]["requestedBy"] == "u" * MAX_REQUESTED_BY_LENGTH
+    assert resp.json()["task"]["requestedBy"] != "u" * MAX_REQUESTED_BY_LENGTH
+    at_limit = "v" * MAX_REQUESTED_BY_LENGTH
+    resp = await api.post(TASKS, json={"taskType": "process"}, headers=bearer(at_limit))
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["task"]["requestedBy"] == at_limit
 
 
 @pytest.mark.parametrize(
