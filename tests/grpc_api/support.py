@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-ALICE = metadata("alice", ["operator"])
+# Operator (reads and changes any task) and service (creates tasks for other requesters).
+ALICE = metadata("alice", ["operator", "service"])
 # The catalog's worker: a service allowed to report on every test task type ("*" reporters).
 WORKER = metadata("catalog-worker", ["service"])
 

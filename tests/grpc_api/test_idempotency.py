@@ -52,7 +52,7 @@ async def test_the_key_with_another_body_is_already_exists(stub: OperationsServi
 
 async def test_another_caller_with_the_same_key_gets_its_own_task(stub: OperationsServiceAsyncStub) -> None:
     key, who = uuid.uuid4().hex, owner()
-    bob = metadata(f"bob-{who}", ["operator"])
+    bob = metadata(f"bob-{who}", ["operator", "service"])
     a = await stub.CreateTask(request(key, who), metadata=ALICE)
     b = await stub.CreateTask(request(key, who), metadata=bob)
     assert a.task.id != b.task.id

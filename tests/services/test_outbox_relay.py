@@ -36,7 +36,7 @@ from tests.dapr_sidecar import DaprSidecar
 from tests.helpers import assert_eventually
 from tests.infra.test_event_publishers import free_port
 
-ALICE = Principal("alice", frozenset({"operator"}))
+ALICE = Principal("alice", frozenset({"admin"}))
 CLOUD_EVENT_KEYS = {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"}
 KIND_OF_TYPE = {
     "task.created": "created",

@@ -26,7 +26,7 @@ from common_operations.services.runs import workflow_input
 from common_operations.worker import build_worker
 from tests.helpers import assert_eventually
 
-WHO = Principal("race-test")
+WHO = Principal("race-test", frozenset({"admin"}))
 TEMPORAL_STATUS = {
     WorkflowExecutionStatus.COMPLETED: TaskStatus.COMPLETED,
     WorkflowExecutionStatus.FAILED: TaskStatus.FAILED,

@@ -36,7 +36,7 @@ from common_operations.domain.webhooks import (
 from common_operations.infra import webhooks as http
 from tests.helpers import assert_eventually
 
-ALICE = Principal("alice", frozenset({"operator"}))
+ALICE = Principal("alice", frozenset({"admin"}))
 SECRET = "test-webhook-secret"
 
 

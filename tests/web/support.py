@@ -15,8 +15,12 @@ Client = httpx.AsyncClient
 
 
 def caller(who: str) -> dict[str, str]:
-    """Headers of a verified caller ``who`` with the operator role (a test token)."""
-    return bearer(who, ["operator"])
+    """Headers of a verified caller ``who`` with the operator and service roles (a test token).
+
+    Operator: it reads and changes any task; service: it may create tasks for another requester
+    (``requestedBy``), which the tests do to share a requester between callers.
+    """
+    return bearer(who, ["operator", "service"])
 
 
 async def create(api: Client, who: str, **body: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from common_operations.worker import build_worker
 from tests.conftest import make_settings
 from tests.helpers import assert_eventually
 
-OPS = Principal("retry-test")
+OPS = Principal("retry-test", frozenset({"admin"}))
 SILENCE = timedelta(minutes=10)  # heartbeat timeout of the task type
 FIRST_BACKOFF = timedelta(minutes=30)
 

@@ -24,7 +24,9 @@ from common_operations.domain.workflow_types import DelegatedTaskInput, Delegate
 from common_operations.worker import build_worker
 from tests.helpers import assert_eventually
 
-SERVICE = Principal("catalog-service")
+SERVICE = Principal("catalog-service", frozenset({"service"}))
+# Delegated types name no reporters in the test settings: their activity reports as an admin.
+DELEGATE = Principal("catalog-delegate", frozenset({"admin"}))
 
 
 async def _runs(client: Client, task: Task) -> list[tuple[str, WorkflowExecutionStatus | None, int]]:
@@ -203,7 +205,7 @@ async def test_a_delegated_attempt_refuses_reports_beyond_its_budget(
         for i in range(12):
             try:
                 await svc.update_progress(
-                    SERVICE,
+                    DELEGATE,
                     uuid.UUID(inp.task_id),
                     ProgressReport(processed_records=i + 1, total_records=100),
                 )

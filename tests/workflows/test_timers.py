@@ -18,7 +18,7 @@ from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import CreateTask, PageRequest, ProgressReport
 from tests.helpers import assert_eventually
 
-OPS = Principal("scheduler-test")
+OPS = Principal("scheduler-test", frozenset({"admin"}))
 
 
 async def _status(runtime: Runtime, task_id: uuid.UUID) -> TaskStatus:

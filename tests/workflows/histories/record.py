@@ -48,8 +48,8 @@ from tests.conftest import make_settings
 from tests.delegates import delegate_worker
 from tests.workflows.histories import SHAPES, TAG, history_path
 
-SERVICE = Principal("catalog-service")
-OPERATOR = Principal("operator")
+SERVICE = Principal("catalog-service", frozenset({"service"}))
+OPERATOR = Principal("operator", frozenset({"operator"}))
 WAIT = 60.0
 T = TypeVar("T")
 
