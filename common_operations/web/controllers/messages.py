@@ -54,7 +54,12 @@ class MessagesController(Controller):
     path = "/api/v1/messages"
     tags = ["Messages"]  # noqa: RUF012 - Litestar reads this class attribute as is
 
-    @get("/", operation_id="ListMessages", summary="List messages", responses=problem_responses(400, 503))
+    @get(
+        "/",
+        operation_id="ListMessages",
+        summary="List messages",
+        responses=problem_responses(400, 401, 429, 503),
+    )
     async def list_messages(
         self,
         call: Call,
@@ -73,7 +78,7 @@ class MessagesController(Controller):
         operation_id="GetMessage",
         summary="Get a message",
         response_headers=ETAG_HEADER,
-        responses=problem_responses(400, 404, 503),
+        responses=problem_responses(400, 401, 404, 429, 503),
     )
     async def get_message(self, key: FromPath[str], call: Call) -> Response[MessageOut]:
         """One message by key."""
@@ -85,7 +90,7 @@ class MessagesController(Controller):
         operation_id="UpsertMessage",
         summary="Create or replace a message",
         response_headers=ETAG_HEADER,
-        responses=problem_responses(400, 403, 412, 413, 503),
+        responses=problem_responses(400, 401, 403, 412, 413, 429, 503),
     )
     async def upsert_message(
         self, key: FromPath[str], data: JSONBody[UpsertMessageRequest], call: Call, if_match: IfMatch = None
@@ -112,7 +117,7 @@ class MessagesController(Controller):
         operation_id="DeleteMessage",
         summary="Delete a message",
         status_code=200,
-        responses=problem_responses(400, 403, 404, 412, 503),
+        responses=problem_responses(400, 401, 403, 404, 412, 429, 503),
     )
     async def delete_message(
         self, key: FromPath[str], call: Call, if_match: IfMatch = None
@@ -126,7 +131,7 @@ class MessagesController(Controller):
         operation_id="ResolveMessages",
         summary="Render messages in a language",
         status_code=200,
-        responses=problem_responses(400, 413, 503),
+        responses=problem_responses(400, 401, 413, 429, 503),
     )
     async def resolve_messages(
         self, data: JSONBody[ResolveMessagesRequest], call: Call

@@ -93,7 +93,7 @@ class PaymentSettingsController(Controller):
         summary="Get the payment settings",
         description=GET_DOC,
         response_headers=ETAG_HEADER,
-        responses=problem_responses(403, 503),
+        responses=problem_responses(401, 403, 429, 503),
     )
     async def get_settings(self, call: Call) -> Response[SettingsValues]:
         """The payment settings (admin)."""
@@ -105,7 +105,7 @@ class PaymentSettingsController(Controller):
         summary="Change some payment settings",
         description=PUT_DOC,
         response_headers=ETAG_HEADER,
-        responses=problem_responses(400, 403, 412, 413, 503),
+        responses=problem_responses(400, 401, 403, 412, 413, 429, 503),
     )
     async def update_settings(
         self, data: JSONBody[SettingsValues], call: Call, if_match: IfMatch = None
@@ -146,7 +146,7 @@ class SettingsController(Controller):
         summary="Get a settings group",
         description=GET_DOC,
         response_headers=ETAG_HEADER,
-        responses=problem_responses(403, 404, 503),
+        responses=problem_responses(401, 403, 404, 429, 503),
     )
     async def get_settings(self, group: FromPath[str], call: Call) -> Response[SettingsValues]:
         """A settings group (admin); unknown group: 404."""
@@ -158,7 +158,7 @@ class SettingsController(Controller):
         summary="Change some settings of a group",
         description=PUT_DOC,
         response_headers=ETAG_HEADER,
-        responses=problem_responses(400, 403, 404, 412, 413, 503),
+        responses=problem_responses(400, 401, 403, 404, 412, 413, 429, 503),
     )
     async def update_settings(
         self, group: FromPath[str], data: JSONBody[SettingsValues], call: Call, if_match: IfMatch = None

@@ -85,7 +85,7 @@ class TaskController(Controller):
                 CreateTaskResponse,
                 description="The task an earlier request with the same Idempotency-Key and body created",
             ),
-            **problem_responses(400, 409, 413, 429, 503),
+            **problem_responses(400, 401, 403, 409, 413, 429, 503),
         },
     )
     async def create_task(
@@ -118,7 +118,7 @@ class TaskController(Controller):
         "/tasks",
         operation_id="ListTasks",
         summary="List tasks, newest first",
-        responses=problem_responses(400),
+        responses=problem_responses(400, 401, 403, 429),
     )
     async def list_tasks(
         self,
@@ -155,7 +155,12 @@ class TaskController(Controller):
         )
         return mapping.task_list(await call.tasks.list_tasks(call.principal, query))
 
-    @get(TASK, operation_id="GetTask", summary="Get a task", responses=problem_responses(400, 404))
+    @get(
+        TASK,
+        operation_id="GetTask",
+        summary="Get a task",
+        responses=problem_responses(400, 401, 403, 404, 429),
+    )
     async def get_task(self, id: FromPath[str], call: Call) -> TaskResponse:
         """One task by id."""
         return mapping.task_response(await call.tasks.get_task(call.principal, parse_task_id(id)))
@@ -165,7 +170,7 @@ class TaskController(Controller):
         operation_id="DeleteTask",
         summary="Delete a finished task with its logs and events",
         status_code=200,
-        responses=problem_responses(400, 404, 409),
+        responses=problem_responses(400, 401, 403, 404, 409, 429),
     )
     async def delete_task(self, id: FromPath[str], call: Call) -> DeleteTaskResponse:
         """Only completed, failed or cancelled tasks can be deleted; answers ``{"success": true}``."""
@@ -178,7 +183,7 @@ class TaskController(Controller):
         summary="Cancel a scheduled, pending or processing task",
         status_code=200,
         operation_class=OptionalBodyOperation,
-        responses=problem_responses(400, 404, 409, 413, 429, 503),
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 429, 503),
     )
     async def cancel_task(
         self, id: FromPath[str], call: Call, data: JSONBody[CancelTaskRequest | None] = None
@@ -199,7 +204,7 @@ class TaskController(Controller):
         summary="Start a new run of a failed task",
         status_code=200,
         operation_class=OptionalBodyOperation,
-        responses=problem_responses(400, 404, 409, 413, 429, 503),
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 429, 503),
     )
     async def retry_task(
         self, id: FromPath[str], call: Call, data: JSONBody[RetryTaskRequest | None] = None
@@ -212,7 +217,7 @@ class TaskController(Controller):
         TASK_OF + "/progress",
         operation_id="UpdateTaskProgress",
         summary="Report progress of an externally processed task",
-        responses=problem_responses(400, 404, 409, 413, 429, 503),
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 429, 503),
     )
     async def update_progress(
         self,
@@ -233,7 +238,7 @@ class TaskController(Controller):
         TASK_OF + "/download",
         operation_id="GetDownloadUrl",
         summary="Where the task's output file can be downloaded",
-        responses=problem_responses(400, 404, 409),
+        responses=problem_responses(400, 401, 403, 404, 409, 429),
     )
     async def download_url(
         self,
@@ -256,7 +261,7 @@ class TaskController(Controller):
         summary="Import again only the rows a finished import rejected (a new task)",
         status_code=201,
         operation_class=OptionalBodyOperation,
-        responses=problem_responses(400, 404, 409, 413, 503),
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 429, 503),
     )
     async def retry_failed_rows(
         self, id: FromPath[str], call: Call, data: JSONBody[RetryFailedRowsRequest | None] = None
@@ -274,7 +279,7 @@ class TaskController(Controller):
         TASK_OF + "/logs",
         operation_id="GetTaskLogs",
         summary="The task's log lines, oldest first",
-        responses=problem_responses(400, 404),
+        responses=problem_responses(400, 401, 403, 404, 429),
     )
     async def task_logs(
         self,
@@ -291,7 +296,7 @@ class TaskController(Controller):
         TASK_OF + "/events",
         operation_id="GetTaskEvents",
         summary="The task's events in sequence order",
-        responses=problem_responses(400, 404),
+        responses=problem_responses(400, 401, 403, 404, 429),
     )
     async def task_events(
         self,
