@@ -79,14 +79,16 @@ async def test_caller_comes_from_metadata(stub: OperationsServiceAsyncStub) -> N
     as_alice = await create(stub)
     assert as_alice.requested_by == "alice"
 
-    anonymous = (await stub.CreateTask(pb.CreateTaskRequest(task_type="process", entity_type="product"))).task
-    assert anonymous.requested_by == "anonymous"
+    # dev auth mode (the test settings): no credentials = the local admin; x-user-id names nobody.
+    request = pb.CreateTaskRequest(task_type="process", entity_type="product")
+    dev = (await stub.CreateTask(request, metadata=(("x-user-id", "mallory"),))).task
+    assert dev.requested_by == "local-admin"
 
     on_behalf = await create(stub, requested_by="catalog-service")
     assert on_behalf.requested_by == "catalog-service"
 
-    logs = await stub.GetTaskLogs(pb.GetTaskLogsRequest(task_id=anonymous.id))
-    assert "created by anonymous" in logs.logs[0].message
+    logs = await stub.GetTaskLogs(pb.GetTaskLogsRequest(task_id=dev.id))
+    assert "created by local-admin" in logs.logs[0].message
 
 
 def _free_port() -> int:

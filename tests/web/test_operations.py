@@ -12,6 +12,7 @@ import yaml
 from common_operations.bootstrap import Runtime
 from common_operations.services.tasks import HealthReport
 from common_operations.web.server import serve_http
+from tests.auth_support import bearer
 from tests.helpers import assert_eventually
 from tests.web.support import TASKS, Client, assert_problem
 
@@ -126,17 +127,21 @@ async def test_unknown_route_and_wrong_method(api: Client) -> None:
 
 
 async def test_payment_settings_need_the_admin_role(api: Client) -> None:
-    # The settings service is implemented (tests/web/test_settings.py); anonymous callers get 403.
+    # The settings service is implemented (tests/web/test_settings.py); a plain user gets 403.
     for method in ("GET", "PUT"):
-        resp = await api.request(method, "/api/v1/settings/payment", json={})
+        resp = await api.request(method, "/api/v1/settings/payment", json={}, headers=bearer("bob"))
         assert_problem(resp, 403, "PERMISSION_DENIED")
     assert (await api.get("/api/v1/public/settings/payment")).status_code == 200
 
 
-async def test_caller_without_identity_is_anonymous(api: Client) -> None:
+async def test_caller_without_credentials_is_the_dev_admin(api: Client) -> None:
+    # The test app runs in dev auth mode: no credentials = the local admin (required mode: 401,
+    # tests/web/test_authentication.py).
     resp = await api.post(TASKS, json={"taskType": "process"})
     assert resp.status_code == 201, resp.text
-    assert resp.json()["task"]["requestedBy"] == "anonymous"
+    assert resp.json()["task"]["requestedBy"] == "local-admin"
+    ignored = await api.post(TASKS, json={"taskType": "process"}, headers={"x-user-id": "mallory"})
+    assert ignored.json()["task"]["requestedBy"] == "local-admin"  # x-user-id names nobody any more
 
 
 async def test_serve_http_answers_and_stops_when_cancelled(runtime: Runtime) -> None:
