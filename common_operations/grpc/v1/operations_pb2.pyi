@@ -222,7 +222,9 @@ class CreateTaskRequest(_message.Message):
     task_type: _builtins.str
     entity_type: _builtins.str
     requested_by: _builtins.str
-    """Empty: the caller (x-user-id metadata)."""
+    """Empty: the caller. Someone else: only a principal with the service (or admin) role, acting for
+    that user (recorded as onBehalfOf in the task.created event).
+    """
     priority: _builtins.int
     params: _builtins.str
     """A JSON object encoded as a string, as in the original proto. (Versions of this proto before the

@@ -27,6 +27,11 @@ if _version_not_supported:
 
 class OperationsServiceStub:
     """Long-running tasks: create, watch, report progress, cancel, retry, delete.
+
+    Every RPC but Health needs credentials in the metadata: "authorization: Bearer <JWT>" or
+    "x-api-key: <key>" (or a verified client certificate under mTLS). Missing or invalid: status
+    UNAUTHENTICATED. Another principal's task the caller may not read: NOT_FOUND; one it may read but
+    not change: PERMISSION_DENIED. Over a rate limit: RESOURCE_EXHAUSTED with "retry-after" metadata.
     """
 
     def __init__(self, channel):
@@ -99,6 +104,11 @@ class OperationsServiceStub:
 
 class OperationsServiceServicer:
     """Long-running tasks: create, watch, report progress, cancel, retry, delete.
+
+    Every RPC but Health needs credentials in the metadata: "authorization: Bearer <JWT>" or
+    "x-api-key: <key>" (or a verified client certificate under mTLS). Missing or invalid: status
+    UNAUTHENTICATED. Another principal's task the caller may not read: NOT_FOUND; one it may read but
+    not change: PERMISSION_DENIED. Over a rate limit: RESOURCE_EXHAUSTED with "retry-after" metadata.
     """
 
     def CreateTask(self, request, context):
@@ -258,6 +268,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OperationsService:
     """Long-running tasks: create, watch, report progress, cancel, retry, delete.
+
+    Every RPC but Health needs credentials in the metadata: "authorization: Bearer <JWT>" or
+    "x-api-key: <key>" (or a verified client certificate under mTLS). Missing or invalid: status
+    UNAUTHENTICATED. Another principal's task the caller may not read: NOT_FOUND; one it may read but
+    not change: PERMISSION_DENIED. Over a rate limit: RESOURCE_EXHAUSTED with "retry-after" metadata.
     """
 
     @staticmethod

@@ -40,7 +40,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class OperationsServiceStub:
-    """Long-running tasks: create, watch, report progress, cancel, retry, delete."""
+    """Long-running tasks: create, watch, report progress, cancel, retry, delete.
+
+    Every RPC but Health needs credentials in the metadata: "authorization: Bearer <JWT>" or
+    "x-api-key: <key>" (or a verified client certificate under mTLS). Missing or invalid: status
+    UNAUTHENTICATED. Another principal's task the caller may not read: NOT_FOUND; one it may read but
+    not change: PERMISSION_DENIED. Over a rate limit: RESOURCE_EXHAUSTED with "retry-after" metadata.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -73,7 +79,13 @@ class OperationsServiceStub:
 
 @_typing.type_check_only
 class OperationsServiceAsyncStub(OperationsServiceStub):
-    """Long-running tasks: create, watch, report progress, cancel, retry, delete."""
+    """Long-running tasks: create, watch, report progress, cancel, retry, delete.
+
+    Every RPC but Health needs credentials in the metadata: "authorization: Bearer <JWT>" or
+    "x-api-key: <key>" (or a verified client certificate under mTLS). Missing or invalid: status
+    UNAUTHENTICATED. Another principal's task the caller may not read: NOT_FOUND; one it may read but
+    not change: PERMISSION_DENIED. Over a rate limit: RESOURCE_EXHAUSTED with "retry-after" metadata.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTask: _aio.UnaryUnaryMultiCallable[_operations_pb2.CreateTaskRequest, _operations_pb2.CreateTaskResponse]  # type: ignore[assignment]
@@ -102,7 +114,13 @@ class OperationsServiceAsyncStub(OperationsServiceStub):
     """Reachability of the backing services (Postgres, Temporal, optional ones)."""
 
 class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Long-running tasks: create, watch, report progress, cancel, retry, delete."""
+    """Long-running tasks: create, watch, report progress, cancel, retry, delete.
+
+    Every RPC but Health needs credentials in the metadata: "authorization: Bearer <JWT>" or
+    "x-api-key: <key>" (or a verified client certificate under mTLS). Missing or invalid: status
+    UNAUTHENTICATED. Another principal's task the caller may not read: NOT_FOUND; one it may read but
+    not change: PERMISSION_DENIED. Over a rate limit: RESOURCE_EXHAUSTED with "retry-after" metadata.
+    """
 
     @_abc_1.abstractmethod
     def CreateTask(
