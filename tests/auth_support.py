@@ -7,10 +7,11 @@ and audience: a request without credentials is the local admin, one with a token
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jwt
+from jwt.utils import base64url_encode
 
 TEST_JWT_SECRET = "test-secret-for-hs256-tokens-only-0123456789"
 TEST_ISSUER = "https://auth.test.local"
@@ -54,3 +55,37 @@ def bearer(subject: str, roles: Iterable[str] = (), **claims: Any) -> dict[str, 
 def metadata(subject: str, roles: Iterable[str] = (), **claims: Any) -> tuple[tuple[str, str], ...]:
     """gRPC metadata carrying a token for ``subject``."""
     return (("authorization", f"Bearer {token(subject, roles, **claims)}"),)
+
+
+def forged() -> str:
+    """A well-formed admin token signed with a secret the service does not know."""
+    now = int(time.time())
+    payload = {
+        "sub": "mallory",
+        "roles": ["admin"],
+        "iss": TEST_ISSUER,
+        "aud": TEST_AUDIENCE,
+        "exp": now + 600,
+    }
+    return jwt.encode(payload, "not-the-service-secret-but-long-enough!!", algorithm="HS256")
+
+
+def alg_none() -> str:
+    """An unsigned token (``alg: none``) claiming the admin role."""
+    header = base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
+    payload = base64url_encode(b'{"sub":"mallory","roles":["admin"]}').decode()
+    return f"{header}.{payload}."
+
+
+# Tokens every transport must refuse, with a fragment of the refusal's message.
+BAD_TOKENS: dict[str, tuple[Callable[[], str], str]] = {
+    "forged": (forged, "signature"),
+    "expired": (lambda: token("alice", ttl=-3600), "expired"),
+    "not-yet-valid": (lambda: token("alice", nbf=int(time.time()) + 3600), "not valid yet"),
+    "wrong-audience": (lambda: token("alice", aud="billing"), "audience"),
+    "wrong-issuer": (lambda: token("alice", iss="https://evil.example"), "issuer"),
+    "alg-none": (alg_none, "algorithm is not accepted"),
+    "garbage": (lambda: "garbage", "malformed"),
+    "no-subject": (lambda: token(""), "subject"),
+    "long-subject": (lambda: token("s" * 300), "longer than 255"),
+}

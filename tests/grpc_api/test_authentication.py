@@ -6,20 +6,17 @@ metadata keys are the HTTP header names (``authorization``, ``x-api-key``).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc
-import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from jwt.utils import base64url_encode
 
 from common_operations.bootstrap import Runtime
 from common_operations.config import AuthSettings, Settings
 from common_operations.domain.principal import Principal
 from common_operations.grpc.v1 import operations_pb2 as pb
-from tests.auth_support import TEST_AUDIENCE, TEST_ISSUER, auth_settings, metadata, token
+from tests.auth_support import BAD_TOKENS, auth_settings, metadata
 from tests.grpc_api.support import expect_error
 
 ADMIN = Principal("grpc-test-admin", frozenset({"admin"}), via="internal")
@@ -30,36 +27,6 @@ def settings(settings: Settings) -> Settings:
     """The test settings in required mode."""
     settings.auth = AuthSettings(**auth_settings("required"))
     return settings
-
-
-def forged() -> str:
-    now = int(time.time())
-    payload = {
-        "sub": "mallory",
-        "roles": ["admin"],
-        "iss": TEST_ISSUER,
-        "aud": TEST_AUDIENCE,
-        "exp": now + 600,
-    }
-    return jwt.encode(payload, "not-the-service-secret-but-long-enough!!", algorithm="HS256")
-
-
-def alg_none() -> str:
-    header = base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
-    payload = base64url_encode(b'{"sub":"mallory","roles":["admin"]}').decode()
-    return f"{header}.{payload}."
-
-
-BAD_TOKENS = {
-    "forged": (forged, "signature"),
-    "expired": (lambda: token("alice", ttl=-3600), "expired"),
-    "not-yet-valid": (lambda: token("alice", nbf=int(time.time()) + 3600), "not valid yet"),
-    "wrong-audience": (lambda: token("alice", aud="billing"), "audience"),
-    "wrong-issuer": (lambda: token("alice", iss="https://evil.example"), "issuer"),
-    "alg-none": (alg_none, "algorithm is not accepted"),
-    "garbage": (lambda: "garbage", "malformed"),
-    "long-subject": (lambda: token("s" * 300), "longer than 255"),
-}
 
 
 async def unauthenticated(call: Any, reason: str) -> None:

@@ -6,15 +6,12 @@ issuer and audience), so a request without credentials is refused except on publ
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import jwt
 import pytest
-from jwt.utils import base64url_encode
 
 from common_operations.config import AuthSettings, Settings
-from tests.auth_support import TEST_AUDIENCE, TEST_ISSUER, auth_settings, bearer, token
+from tests.auth_support import BAD_TOKENS, auth_settings, bearer
 from tests.web.support import TASKS, Client, assert_problem
 
 
@@ -30,38 +27,6 @@ def unauthenticated(resp: Any, reason: str) -> dict[str, Any]:
     assert resp.headers["www-authenticate"].startswith("Bearer"), resp.headers
     assert reason in problem["detail"], problem
     return problem
-
-
-def forged() -> str:
-    now = int(time.time())
-    payload = {
-        "sub": "mallory",
-        "roles": ["admin"],
-        "iss": TEST_ISSUER,
-        "aud": TEST_AUDIENCE,
-        "exp": now + 600,
-    }
-    return jwt.encode(payload, "not-the-service-secret-but-long-enough!!", algorithm="HS256")
-
-
-BAD_TOKENS = {
-    "forged": (forged, "signature"),
-    "expired": (lambda: token("alice", ttl=-3600), "expired"),
-    "not-yet-valid": (lambda: token("alice", nbf=int(time.time()) + 3600), "not valid yet"),
-    "wrong-audience": (lambda: token("alice", aud="billing"), "audience"),
-    "wrong-issuer": (lambda: token("alice", iss="https://evil.example"), "issuer"),
-    "alg-none": (
-        lambda: (
-            base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
-            + "."
-            + base64url_encode(b'{"sub":"mallory","roles":["admin"]}').decode()
-            + "."
-        ),
-        "algorithm is not accepted",
-    ),
-    "garbage": (lambda: "garbage", "malformed"),
-    "no-subject": (lambda: token(""), "subject"),
-}
 
 
 @pytest.mark.parametrize("name", list(BAD_TOKENS))
