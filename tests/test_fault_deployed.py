@@ -581,7 +581,7 @@ def metadata() -> tuple[tuple[str, str], ...]:
 
 async def rest(ep: Endpoint, method: str, path: str, body: dict[str, Any] | None) -> Reply:
     try:
-        r = await ep.http.request(method, path, json=body, headers=bearer("fault-test", ["admin"]))
+        r = await ep.http.request(method, path, json=body)
     except httpx.HTTPError as err:
         return Reply(0, text=f"{type(err).__name__}: {err}")
     if r.status_code >= 300:
@@ -817,6 +817,8 @@ async def start_api(dep: Deployment, name: str) -> Endpoint:
     popen = dep.children.spawn(name, "api", env)
     http = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{http_port}",
+        # Every request is the fault test's admin (the deployment requires credentials).
+        headers=bearer("fault-test", ["admin"]),
         timeout=httpx.Timeout(60.0),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
     )

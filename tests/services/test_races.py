@@ -158,6 +158,15 @@ async def test_two_reconcilers_record_a_terminated_run_once(runtime: Runtime, wo
     for task in tasks:
         await svc.update_progress(WHO, task.id, ProgressReport(processed_records=1))
         await runtime.client.get_workflow_handle(workflow_id_for(str(task.id))).terminate(reason="cleanup")
+    # Visibility lags behind closes (more so on a loaded machine): the passes must all see the six
+    # terminated runs, or one pass finding fewer would not be the race this test is about.
+    queue = runtime.settings.temporal.task_queue
+    terminated = f"TaskQueue = '{queue}' AND ExecutionStatus = 'Terminated'"
+
+    async def visible() -> int:
+        return len([run async for run in runtime.workflows.list_runs(terminated)])
+
+    await assert_eventually(visible, lambda n: n >= len(tasks))
     results = await asyncio.gather(*(runtime.reconciler().run_once() for _ in range(3)))
     assert sum(r.report.failed for r in results) == len(tasks)
     for task in tasks:

@@ -47,7 +47,7 @@ class HealthController(Controller):
         """
         return await _overall(call.tasks, show_degraded=True)
 
-    @get("/live", operation_id="Liveness", summary="The process is running", sync_to_thread=False)
+    @get("/live", operation_id="Liveness", summary="The process is running", sync_to_thread=False, opt=PUBLIC)
     def live(self) -> LiveResponse:
         """Always 200: liveness must not depend on backing services, or outages restart every pod."""
         return LiveResponse(status="alive")
