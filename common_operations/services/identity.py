@@ -60,6 +60,12 @@ MAX_SUBJECT_LENGTH = 255
 # A token is a few hundred bytes to a few KiB; verifying a megabyte of base64 is work for nothing.
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_ROLES = 100
+# Verified tokens are remembered (token → principal) so that a client sending the same token on
+# every request pays a dict lookup instead of pyjwt's decode and signature check (~130 µs): at most
+# this long, never past the token's exp, and for at most this many tokens. A key removed from the
+# JWKS stops its tokens within VERIFIED_TOKEN_SECONDS.
+VERIFIED_TOKEN_SECONDS = 60.0
+VERIFIED_TOKENS = 10_000
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -173,6 +179,7 @@ class JwtVerifier:
         self._public_key: Any = load_pem_public_key(pem.encode("utf-8")) if pem else None
         if self._public_key is not None and _public_key_family(self._public_key) == "unknown":
             raise ValueError("auth.jwt.public_key is not an RSA, EC or Ed25519 public key")
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._jwks = jwks
         if self._jwks is None and settings.jwks_url:
             self._jwks = JwksCache(settings.jwks_url, cache_seconds=settings.jwks_cache_seconds)
@@ -197,12 +204,26 @@ class JwtVerifier:
         return bool(self.algorithms)
 
     async def verify(self, token: str) -> Principal:
-        """The principal a valid token names.
+        """The principal a valid token names (remembered for a while once verified).
 
         Raises:
             Unauthenticated: the token does not verify; the message says which check failed.
             ServiceUnavailable: the JWKS is needed and cannot be fetched.
         """
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, until = remembered
+            if time.time() < until:
+                return principal
+            self._verified.pop(token, None)
+        principal, expires = await self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (principal, min(time.time() + VERIFIED_TOKEN_SECONDS, expires))
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        """The principal a token names and its ``exp`` (epoch seconds), checked in full."""
         if not self.configured:
             raise Unauthenticated("bearer tokens are not accepted: no token signing key is configured")
         if len(token) > MAX_TOKEN_LENGTH:
@@ -258,7 +279,8 @@ class JwtVerifier:
             raise Unauthenticated("the bearer token is malformed")
         subject = valid_subject(_claim(claims, s.subject_claim))
         roles = roles_from(_claim(claims, s.roles_claim))
-        return Principal(subject=subject, roles=roles, via="jwt")
+        # ``exp`` is required and was checked to be a number by jwt.decode.
+        return Principal(subject=subject, roles=roles, via="jwt"), float(claims["exp"])
 
     async def _key(self, algorithm: str, kid: Any) -> Any:
         family = _key_family(algorithm)

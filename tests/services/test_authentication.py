@@ -6,6 +6,7 @@ real HTTP server on 127.0.0.1. API keys are checked against the real ``api_keys`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -161,6 +162,18 @@ async def test_a_refusal_never_echoes_the_token_nor_is_it_logged(caplog: pytest.
     assert "expired" in caplog.text
 
 
+async def test_a_verified_token_is_remembered_until_its_expiry_only() -> None:
+    auth = hs_auth(leeway=0)
+    good = token("alice", ["operator"], ttl=1)
+    first = await auth.authenticate(bearer(good))
+    assert await auth.authenticate(bearer(good)) is first  # served from the verified tokens
+    # Another string (a changed signature) is verified on its own, never matched to a remembered one.
+    tampered = good[:-2] + ("AA" if good[-2:] != "AA" else "BB")
+    await refused(auth, bearer(tampered), "signature")
+    await asyncio.sleep(1.5)  # past exp: the remembered entry must not outlive the token
+    await refused(auth, bearer(good), "expired")
+
+
 async def test_clock_skew_within_the_leeway_is_tolerated() -> None:
     auth = hs_auth(leeway=120)
     assert (await auth.authenticate(bearer(token("alice", ttl=-60)))).subject == "alice"
@@ -313,7 +326,9 @@ def rsa_keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
 
 
 def rs256(key: rsa.RSAPrivateKey, kid: str | None, subject: str = "alice", **extra: Any) -> str:
+    """A token unique to this call (``jti``), so it is checked against the JWKS, not remembered."""
     headers = {"kid": kid} if kid else None
+    extra.setdefault("jti", uuid.uuid4().hex)
     return jwt.encode(claims(subject, **extra), key, algorithm="RS256", headers=headers)
 
 
