@@ -45,7 +45,10 @@ def _write(directory: Path, name: str, value: str) -> str:
 def _with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
     user = parts.username or "postgres"
-    netloc = f"{user}:{password}@{parts.hostname}:{parts.port or 5432}"
+    # Whatever follows the credentials stays: host:port, or nothing when the host is a unix socket
+    # in the query (embedded Postgres: postgresql://postgres@/db?host=/tmp/...).
+    location = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:{password}@{location}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
