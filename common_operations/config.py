@@ -273,6 +273,9 @@ class TemporalSettings(BaseModel):
     # Where the API and the worker share a process, new runs' first workflow task goes straight to
     # that worker (no round trip through the task queue).
     eager_start: bool = True
+    # Base URL of the Temporal Web UI, for each task's `workflowUrl` (None: `run` uses its embedded
+    # UI, http://127.0.0.1:<ui_port>; elsewhere no link).
+    ui_base_url: str | None = None
 
 
 class DatabaseSettings(BaseModel):
@@ -411,6 +414,21 @@ class SettingsGroupsSettings(BaseModel):
         return value if value.is_absolute() else PROJECT_ROOT / value
 
 
+class ObservabilitySettings(BaseModel):
+    """Tracing, metrics and logs."""
+
+    # OpenTelemetry tracing: on when true or when the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+    # is set; exported over OTLP as the OTEL_* variables say (protocol, headers, sampler).
+    tracing: bool = False
+    service_name: str = "common-operations"
+    # auto: JSON lines unless stderr is a terminal (then plain lines); json; plain.
+    log_format: str = Field("auto", pattern="^(auto|json|plain)$")
+    # Seconds between refreshes of the tasks-in-flight gauges from the mirror.
+    gauge_interval: float = Field(15.0, gt=0)
+    # The Temporal SDK's worker metrics on /metrics.
+    temporal_metrics: bool = True
+
+
 class Settings(BaseSettings):
     """All settings of the service."""
 
@@ -431,6 +449,7 @@ class Settings(BaseSettings):
     settings_groups: SettingsGroupsSettings = SettingsGroupsSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     database_url: str | None = Field(
         None, validation_alias=AliasChoices("DATABASE_URL", "database_url"), repr=False
     )

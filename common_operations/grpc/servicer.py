@@ -6,6 +6,9 @@ Every rule lives in the service layer and the domain; errors are translated by
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import grpc
 from typing_extensions import override
 
 from common_operations.domain.principal import Principal
@@ -148,3 +151,12 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
         """Reachability of the backing services (public, like REST's /health)."""
         await caller(self._auth, context, public=True)
         return mapping.health(await self._tasks.health())
+
+    @override
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTaskResponse]:
+        """Placeholder until the watch lands (issue 10, in progress in this session)."""
+        for _ in ():
+            yield pb.WatchTaskResponse()
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchTask is not implemented yet")

@@ -76,6 +76,7 @@ class Task(_message.Message):
     SOURCE_TASK_ID_FIELD_NUMBER: _builtins.int
     FILES_AVAILABLE_FIELD_NUMBER: _builtins.int
     CALLBACK_URL_FIELD_NUMBER: _builtins.int
+    WORKFLOW_URL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     task_type: _builtins.str
     entity_type: _builtins.str
@@ -104,6 +105,8 @@ class Task(_message.Message):
     """Import of the failed rows of another import (RetryFailedRows): that import's id."""
     callback_url: _builtins.str
     """Where the task's final state is POSTed (CreateTaskRequest.callback_url)."""
+    workflow_url: _builtins.str
+    """The task's workflow in the Temporal Web UI (temporal.ui_base_url); empty when not configured."""
     @_builtins.property
     def scheduled_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -165,10 +168,11 @@ class Task(_message.Message):
         source_task_id: _builtins.str | None = ...,
         files_available: _abc.Iterable[_builtins.str] | None = ...,
         callback_url: _builtins.str | None = ...,
+        workflow_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url", "_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "callback_url", b"callback_url", "completed_at", b"completed_at", "created_at", b"created_at", "error_message", b"error_message", "file_name", b"file_name", "file_size", b"file_size", "input_file_url", b"input_file_url", "manifest", b"manifest", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params_object", b"params_object", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url", "_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "callback_url", b"callback_url", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "files_available", b"files_available", "id", b"id", "input_file_url", b"input_file_url", "manifest", b"manifest", "max_retries", b"max_retries", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params", b"params", "params_object", b"params_object", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url", "_error_message", b"_error_message", "_file_name", b"_file_name", "_file_size", b"_file_size", "_input_file_url", b"_input_file_url", "_output_file_url", b"_output_file_url", "_source_task_id", b"_source_task_id", "callback_url", b"callback_url", "completed_at", b"completed_at", "created_at", b"created_at", "entity_type", b"entity_type", "error_message", b"error_message", "failed_records", b"failed_records", "file_name", b"file_name", "file_size", b"file_size", "files_available", b"files_available", "id", b"id", "input_file_url", b"input_file_url", "manifest", b"manifest", "max_retries", b"max_retries", "next_retry_at", b"next_retry_at", "output_file_url", b"output_file_url", "params", b"params", "params_object", b"params_object", "priority", b"priority", "processed_records", b"processed_records", "progress_percentage", b"progress_percentage", "requested_by", b"requested_by", "retry_count", b"retry_count", "scheduled_at", b"scheduled_at", "source_task_id", b"source_task_id", "started_at", b"started_at", "status", b"status", "success_records", b"success_records", "task_type", b"task_type", "total_records", b"total_records", "updated_at", b"updated_at", "workflow_url", b"workflow_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__callback_url: _TypeAlias = _typing.Literal["callback_url"]  # noqa: Y015
     _WhichOneofArgType__callback_url: _TypeAlias = _typing.Literal["_callback_url", b"_callback_url"]  # noqa: Y015
@@ -1085,3 +1089,56 @@ class HealthResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthResponse: _TypeAlias = HealthResponse  # noqa: Y015
+
+@_typing.final
+class WatchTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    after_seq: _builtins.int
+    """The sequence of the last snapshot the caller has (WatchTaskResponse.seq); 0 or unset: from now."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        after_seq: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq", "after_seq", b"after_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq", "after_seq", b"after_seq", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_seq: _TypeAlias = _typing.Literal["after_seq"]  # noqa: Y015
+    _WhichOneofArgType__after_seq: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_seq) -> _WhichOneofReturnType__after_seq | None: ...
+
+Global___WatchTaskRequest: _TypeAlias = WatchTaskRequest  # noqa: Y015
+
+@_typing.final
+class WatchTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Increases with every snapshot of this task (a resume token for after_seq)."""
+    final: _builtins.bool
+    """True on the last message: the task reached completed, failed or cancelled."""
+    @_builtins.property
+    def task(self) -> Global___Task: ...
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        seq: _builtins.int = ...,
+        final: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "seq", b"seq", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTaskResponse: _TypeAlias = WatchTaskResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class OperationsServiceStub:
                 request_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.HealthRequest.SerializeToString,
                 response_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.WatchTask = channel.unary_stream(
+                '/api.operations.v1.OperationsService/WatchTask',
+                request_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.WatchTaskRequest.SerializeToString,
+                response_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.WatchTaskResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServiceServicer:
@@ -195,6 +200,15 @@ class OperationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTask(self, request, context):
+        """The task as it changes: its snapshot now, then on every state or (coalesced) progress change,
+        ending with its final state. after_seq resumes after a snapshot already seen (like SSE's
+        Last-Event-ID): the stream starts with the first newer one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +271,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.HealthRequest.FromString,
                     response_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.HealthResponse.SerializeToString,
+            ),
+            'WatchTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTask,
+                    request_deserializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.WatchTaskRequest.FromString,
+                    response_serializer=common__operations_dot_grpc_dot_v1_dot_operations__pb2.WatchTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +608,33 @@ class OperationsService:
             '/api.operations.v1.OperationsService/Health',
             common__operations_dot_grpc_dot_v1_dot_operations__pb2.HealthRequest.SerializeToString,
             common__operations_dot_grpc_dot_v1_dot_operations__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/api.operations.v1.OperationsService/WatchTask',
+            common__operations_dot_grpc_dot_v1_dot_operations__pb2.WatchTaskRequest.SerializeToString,
+            common__operations_dot_grpc_dot_v1_dot_operations__pb2.WatchTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,11 @@ class OperationsServiceStub:
     """A new import of only the rows a finished import rejected, linked to it by source_task_id."""
     Health: _grpc.UnaryUnaryMultiCallable[_operations_pb2.HealthRequest, _operations_pb2.HealthResponse]
     """Reachability of the backing services (Postgres, Temporal, optional ones)."""
+    WatchTask: _grpc.UnaryStreamMultiCallable[_operations_pb2.WatchTaskRequest, _operations_pb2.WatchTaskResponse]
+    """The task as it changes: its snapshot now, then on every state or (coalesced) progress change,
+    ending with its final state. after_seq resumes after a snapshot already seen (like SSE's
+    Last-Event-ID): the stream starts with the first newer one.
+    """
 
 @_typing.type_check_only
 class OperationsServiceAsyncStub(OperationsServiceStub):
@@ -112,6 +117,11 @@ class OperationsServiceAsyncStub(OperationsServiceStub):
     """A new import of only the rows a finished import rejected, linked to it by source_task_id."""
     Health: _aio.UnaryUnaryMultiCallable[_operations_pb2.HealthRequest, _operations_pb2.HealthResponse]  # type: ignore[assignment]
     """Reachability of the backing services (Postgres, Temporal, optional ones)."""
+    WatchTask: _aio.UnaryStreamMultiCallable[_operations_pb2.WatchTaskRequest, _operations_pb2.WatchTaskResponse]  # type: ignore[assignment]
+    """The task as it changes: its snapshot now, then on every state or (coalesced) progress change,
+    ending with its final state. after_seq resumes after a snapshot already seen (like SSE's
+    Last-Event-ID): the stream starts with the first newer one.
+    """
 
 class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Long-running tasks: create, watch, report progress, cancel, retry, delete.
@@ -217,5 +227,16 @@ class OperationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.HealthResponse, _abc.Awaitable[_operations_pb2.HealthResponse]]:
         """Reachability of the backing services (Postgres, Temporal, optional ones)."""
+
+    @_abc_1.abstractmethod
+    def WatchTask(
+        self,
+        request: _operations_pb2.WatchTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_operations_pb2.WatchTaskResponse], _abc.AsyncIterator[_operations_pb2.WatchTaskResponse]]:
+        """The task as it changes: its snapshot now, then on every state or (coalesced) progress change,
+        ending with its final state. after_seq resumes after a snapshot already seen (like SSE's
+        Last-Event-ID): the stream starts with the first newer one.
+        """
 
 def add_OperationsServiceServicer_to_server(servicer: OperationsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
