@@ -210,9 +210,15 @@ async def _serve(
         banner: printed once REST and gRPC accept connections.
     """
     from common_operations.bootstrap import open_runtime
+    from common_operations.infra import telemetry
     from common_operations.infra.temporal import ensure_search_attributes
 
-    async with open_runtime(settings, with_worker=with_worker) as runtime:
+    # Tracing (if configured) is set up before the runtime's Temporal client connects, and its
+    # buffered spans are exported after the runtime closes.
+    async with (
+        telemetry.tracing(settings.observability),
+        open_runtime(settings, with_worker=with_worker) as runtime,
+    ):
         await ensure_search_attributes(runtime.client, settings.temporal.namespace)
         parts: dict[str, Coroutine[Any, Any, None]] = {}
         if with_api:

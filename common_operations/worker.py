@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 # The package's modules are deterministic and have no import side effects, so the sandbox may share
 # them instead of importing them again for every workflow run (a tenth of a task's CPU was spent
 # re-importing task_workflow.py, bench/README.md). The sandbox still guards the standard library.
+# opentelemetry too: the tracing interceptor's workflow side must see the process's one OTel context
+# and tracer provider, not copies re-imported into each sandbox.
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("common_operations")
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("common_operations", "opentelemetry")
 )
 
 # How often each worker makes sure the reconciler workflow still runs (an operator may terminate it).

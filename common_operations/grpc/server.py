@@ -15,6 +15,7 @@ from common_operations.bootstrap import Runtime
 from common_operations.grpc.errors import lenient_deserializer
 from common_operations.grpc.servicer import OperationsServicer
 from common_operations.grpc.v1 import operations_pb2, operations_pb2_grpc
+from common_operations.infra import telemetry
 from common_operations.infra.tls import grpc_server_credentials
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ async def build_server(
     """
     config = runtime.settings.grpc
     credentials = grpc_server_credentials(config)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    # With tracing on: a server span per call, continuing traceparent metadata.
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=telemetry.grpc_server_interceptors())
     add_operations_service(OperationsServicer(runtime.tasks, runtime.auth), server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -58,6 +58,7 @@ from common_operations.domain.workflow_types import (
     reconciler_workflow_id,
     workflow_id_for,
 )
+from common_operations.infra import telemetry
 from common_operations.workflows.task_workflow import TaskWorkflow, search_attribute_pairs
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,11 @@ async def connect(address: str, namespace: str) -> Client:
         ServiceUnavailable: no Temporal server answers at ``address``.
     """
     try:
-        return await Client.connect(address, namespace=namespace)
+        # With tracing on, client calls, workflows and activities (of workers on this client) get
+        # spans, and the trace context travels in Temporal headers.
+        return await Client.connect(
+            address, namespace=namespace, interceptors=telemetry.temporal_interceptors()
+        )
     except RuntimeError as err:
         raise ServiceUnavailable(f"cannot reach Temporal at {address}: {err}") from err
 

@@ -65,6 +65,7 @@ from common_operations.domain.task_snapshot import task_snapshot
 from common_operations.domain.workflow_types import HandlerKind
 from common_operations.infra.secrets import scrub
 from common_operations.infra.task_cache import TaskCache
+from common_operations.infra.telemetry import traced_use_cases
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.infra.webhooks import check_callback_url
 from common_operations.services.bulk import BulkService, PreparedFiles
@@ -112,6 +113,8 @@ class HealthReport:
     degraded: bool = False
 
 
+# A span per use case (tracing on): between the transport's server span and the Temporal calls.
+@traced_use_cases
 class TaskService:
     """Task use cases. Raises :class:`DomainError` subclasses that transports map once."""
 

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Tag
 
 from common_operations.bootstrap import Runtime
 from common_operations.domain import task as limits
+from common_operations.infra import telemetry
 from common_operations.web.controllers.admin import AdminController
 from common_operations.web.controllers.api_keys import ApiKeysController
 from common_operations.web.controllers.files import FileController
@@ -116,7 +117,8 @@ def create_app(runtime: Runtime) -> Litestar:
             runtime.tasks, runtime.auth, settings=runtime.settings_groups, messages=runtime.messages
         ),
         exception_handlers=exception_handlers(),
-        middleware=[metrics_middleware],
+        # telemetry: with tracing on, a server span per request continuing an incoming traceparent.
+        middleware=[*telemetry.litestar_middleware(), metrics_middleware],
         before_send=[count_unmatched, security_headers(runtime.settings.http)],
         cors_config=cors_config(runtime.settings.http),
         # http.docs false: no OpenAPI document and no Swagger UI (/docs answers 404).
