@@ -23,7 +23,7 @@ from common_operations.db.outbox_repository import OutboxRepository
 from common_operations.db.repository import TaskRepository
 from common_operations.db.settings_repository import SettingsRepository
 from common_operations.domain.entities import EntitySpec
-from common_operations.infra import cache, task_cache, temporal
+from common_operations.infra import cache, task_cache, temporal, temporal_ui
 from common_operations.infra.entity_config import load_entities
 from common_operations.infra.events import build_publisher
 from common_operations.infra.rate_limit import RateLimiter
@@ -99,6 +99,8 @@ async def open_runtime(
     """
     if not settings.database.url:
         raise ValueError("database.url (DATABASE_URL) is not set")
+    # Every task's workflowUrl, in whichever transport shows it.
+    temporal_ui.configure(settings.temporal.ui_base_url, settings.temporal.namespace)
     if client is None:
         if not settings.temporal.address:
             raise ValueError("temporal.address (TEMPORAL_ADDRESS) is not set")

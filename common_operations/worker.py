@@ -87,6 +87,9 @@ async def ensure_reconciler(runtime: Runtime) -> None:
         task_queue=queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        static_summary=f"Reconciler of task queue {queue}",
+        static_details="Repairs tasks whose runs closed unrecorded, never started, or keep failing; "
+        "query `status` for its last pass.",
     )
 
 

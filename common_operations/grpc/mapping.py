@@ -24,6 +24,7 @@ from common_operations.domain.task import (
     parse_params,
 )
 from common_operations.grpc.v1 import operations_pb2 as pb
+from common_operations.infra.temporal_ui import workflow_url
 from common_operations.services.tasks import DownloadUrl, HealthReport
 
 # Struct numbers are doubles; beyond 2**53 a double cannot hold every integer, so leave those alone.
@@ -227,6 +228,8 @@ def task_to_proto(task: Task) -> pb.Task:
         source_task_id=str(task.source_task_id) if task.source_task_id else None,
         files_available=[role for role in _FILE_ROLES if isinstance(task.files.get(role), dict)],
         callback_url=task.callback_url,
+        # Empty when no Temporal Web UI base URL is configured (proto3 string).
+        workflow_url=workflow_url(task.id) or "",
     )
 
 

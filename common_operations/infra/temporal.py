@@ -44,6 +44,7 @@ from common_operations.domain.errors import (
 )
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import ProgressReport, RecordCounts
+from common_operations.domain.workflow_details import static_details, static_summary
 from common_operations.domain.workflow_types import (
     INT_SEARCH_ATTRIBUTES,
     KEYWORD_SEARCH_ATTRIBUTES,
@@ -246,6 +247,10 @@ class TaskWorkflows:
                 if inp.search_attributes
                 else None,
                 request_eager_start=self.eager_start,
+                # What the Web UI lists and heads the workflow's page with (the run keeps its
+                # current details up to date itself).
+                static_summary=static_summary(inp),
+                static_details=static_details(inp),
             )
         except WorkflowAlreadyStartedError as err:
             if new_attempt:

@@ -51,6 +51,7 @@ from common_operations.db.api_keys_repository import ApiKeyRecord
 from common_operations.domain.errors import Unauthenticated
 from common_operations.domain.principal import ANONYMOUS, Principal
 from common_operations.infra.jwks import JwksCache
+from common_operations.infra.logs import bind as bind_log_context
 from common_operations.services.api_keys import hash_key, parse_key
 
 log = logging.getLogger(__name__)
@@ -335,6 +336,17 @@ class Authenticator:
 
     async def authenticate(
         self, headers: Mapping[str, str], *, peer_subject: str | None = None, public: bool = False
+    ) -> Principal:
+        """The caller the credentials prove; later log lines of the request name it (``principal``).
+
+        Args and errors: see :meth:`_authenticate`.
+        """
+        principal = await self._authenticate(headers, peer_subject=peer_subject, public=public)
+        bind_log_context(principal=principal.subject)
+        return principal
+
+    async def _authenticate(
+        self, headers: Mapping[str, str], *, peer_subject: str | None, public: bool
     ) -> Principal:
         """The caller the credentials prove.
 

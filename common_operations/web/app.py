@@ -27,6 +27,7 @@ from common_operations.web.controllers.settings import (
 from common_operations.web.controllers.tasks import TaskController
 from common_operations.web.dependencies import dependencies
 from common_operations.web.errors import exception_handlers
+from common_operations.web.log_context import log_context_middleware
 from common_operations.web.metrics import count_unmatched, metrics, metrics_middleware
 from common_operations.web.security import cors_config, security_headers
 
@@ -117,8 +118,9 @@ def create_app(runtime: Runtime) -> Litestar:
             runtime.tasks, runtime.auth, settings=runtime.settings_groups, messages=runtime.messages
         ),
         exception_handlers=exception_handlers(),
+        # log_context: the request's task id and principal on its log lines (web.log_context).
         # telemetry: with tracing on, a server span per request continuing an incoming traceparent.
-        middleware=[*telemetry.litestar_middleware(), metrics_middleware],
+        middleware=[*telemetry.litestar_middleware(), metrics_middleware, log_context_middleware],
         before_send=[count_unmatched, security_headers(runtime.settings.http)],
         cors_config=cors_config(runtime.settings.http),
         # http.docs false: no OpenAPI document and no Swagger UI (/docs answers 404).

@@ -16,6 +16,7 @@ from common_operations.domain.task import (
     parse_params,
     parse_task_id,
 )
+from common_operations.infra.temporal_ui import workflow_url
 from common_operations.services.tasks import DownloadUrl, HealthReport
 from common_operations.web.schemas import (
     CancelTaskResponse,
@@ -123,6 +124,7 @@ def task_out(task: Task) -> TaskOut:
         source_task_id=task.source_task_id,
         files_available=[k for k in ("output", "result", "input") if isinstance(task.files.get(k), dict)],
         callback_url=task.callback_url,
+        workflow_url=workflow_url(task.id),
     )
 
 

@@ -132,6 +132,8 @@ class TaskOut(Schema):
     files_available: list[str]
     # Where the final state is POSTed, signed (null: no webhook).
     callback_url: str | None
+    # The task's workflow in the Temporal Web UI (null: no temporal.ui_base_url configured).
+    workflow_url: str | None
 
 
 class TaskResponse(Schema):

@@ -45,6 +45,9 @@ async def serve_http(runtime: Runtime, host: str, port: int) -> None:
         host=host,
         port=port,
         log_level="warning",
+        # No logging config of uvicorn's own: its loggers propagate to the process's one handler
+        # (infra.logs), so its lines are JSON like every other.
+        log_config=None,
         access_log=False,
         lifespan="off",
         # HTTPS only when both are set (plain HTTP to this port then fails the handshake).

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from common_operations.domain.status import TaskStatus, ensure_accepts_reports, ensure_transition
     from common_operations.domain.task import ProgressReport, RecordCounts, apply_report
     from common_operations.domain.webhooks import WEBHOOK_EVENTS, WEBHOOK_WORKFLOW_TYPE, WebhookDelivery
+    from common_operations.domain.workflow_details import current_details
     from common_operations.domain.workflow_types import (
         AWAIT_UPLOAD_ACTIVITY,
         BULK_INPUT_ERROR,
@@ -175,6 +176,7 @@ class TaskWorkflow:
         # as RetryTask answered, though its first task has yet to record the retry: a report that
         # arrives first waits for that instead of being refused as "task is failed".
         self._retry_pending = inp.retry_message is not None
+        self._show_details()
 
     @workflow.run
     async def run(self, inp: TaskWorkflowInput) -> ProgressSnapshot:
@@ -780,6 +782,7 @@ class TaskWorkflow:
     def _mark_dirty(self, note: str, *, log: str | None) -> None:
         self._s.dirty = True
         self._s.last_message = note
+        self._show_details()
         if log is None:
             return
         if len(self._s.pending_logs) < self._inp.limits.buffered_messages:
@@ -844,6 +847,7 @@ class TaskWorkflow:
         self._s.pending_logs, self._s.omitted_messages = [], 0
         self._s.dirty = False
         self._s.last_message = message
+        self._show_details()
         now = workflow.now()
         self._last_flush = now
         self._upsert_search_attributes()
@@ -895,6 +899,20 @@ class TaskWorkflow:
             self._fenced = "another run owns this task now, or it was deleted; this run stopped"
             raise ApplicationError(self._fenced, type=SUPERSEDED_ERROR, non_retryable=True)
         self._s.claimed = True
+
+    def _show_details(self) -> None:
+        """Keep the Web UI's current details up to date (no command: replays as before)."""
+        workflow.set_current_details(
+            current_details(
+                self._status,
+                self._counts,
+                message=self._s.last_message,
+                error=self._s.error_message,
+                retry_count=self._s.retry_count,
+                max_retries=self._inp.max_retries,
+                next_retry_at=self._s.next_retry_at,
+            )
+        )
 
     def _upsert_search_attributes(self) -> None:
         progress = int(self._counts.percentage)

@@ -56,6 +56,7 @@ FIELDS: dict[str, list[tuple[str, int, str, str]]] = {
         ("source_task_id", 28, "string", "optional"),
         ("files_available", 29, "string", "repeated"),
         ("callback_url", 30, "string", "optional"),
+        ("workflow_url", 31, "string", ""),
     ],
     "CreateTaskRequest": [
         ("task_type", 1, "string", ""),

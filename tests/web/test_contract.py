@@ -22,7 +22,7 @@ TASK_KEYS = {
     "fileName", "fileSize", "inputFileUrl", "outputFileUrl", "totalRecords", "processedRecords",
     "successRecords", "failedRecords", "progressPercentage", "scheduledAt", "startedAt", "completedAt",
     "errorMessage", "retryCount", "maxRetries", "createdAt", "updatedAt", "nextRetryAt", "manifest",
-    "sourceTaskId", "filesAvailable", "callbackUrl",
+    "sourceTaskId", "filesAvailable", "callbackUrl", "workflowUrl",
 }  # fmt: skip
 LOG_KEYS = {"id", "taskId", "seq", "level", "message", "details", "createdAt"}
 EVENT_KEYS = {
