@@ -8,12 +8,14 @@ from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.exceptions import ClientException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Tag
 
 from common_operations.bootstrap import Runtime
 from common_operations.domain import task as limits
 from common_operations.infra import telemetry
+from common_operations.web.console.assets import static_router
+from common_operations.web.console.controller import ConsoleController
 from common_operations.web.controllers.admin import AdminController
 from common_operations.web.controllers.api_keys import ApiKeysController
 from common_operations.web.controllers.files import FileController
@@ -26,10 +28,11 @@ from common_operations.web.controllers.settings import (
 )
 from common_operations.web.controllers.tasks import TaskController
 from common_operations.web.dependencies import dependencies
+from common_operations.web.docs import OfflineSwaggerRenderPlugin
 from common_operations.web.errors import exception_handlers
 from common_operations.web.log_context import log_context_middleware
 from common_operations.web.metrics import count_unmatched, metrics, metrics_middleware
-from common_operations.web.security import cors_config, security_headers
+from common_operations.web.security import cors_config, security_headers, upload_origins
 
 API_VERSION = "1.0.0"
 # Explicit rather than Litestar's 10 MB default: the largest valid body (a CreateTask with 64 KiB of
@@ -77,7 +80,8 @@ def openapi_config() -> OpenAPIConfig:
             + LIMITS_DOC
         ),
         path="/docs",
-        render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(), YamlRenderPlugin()],
+        # Swagger UI from the package (no CDN): /docs renders without internet (web/docs.py).
+        render_plugins=[OfflineSwaggerRenderPlugin(path="/"), JsonRenderPlugin(), YamlRenderPlugin()],
         tags=[
             Tag(name="Tasks", description="Task lifecycle, progress, logs and events"),
             Tag(name="Health", description="Probes"),
@@ -113,6 +117,9 @@ def create_app(runtime: Runtime) -> Litestar:
             ApiKeysController,
             AdminController,
             metrics,
+            # The operator console and the static files of it and /docs (not in the OpenAPI).
+            ConsoleController,
+            static_router(),
         ],
         dependencies=dependencies(
             runtime.tasks, runtime.auth, settings=runtime.settings_groups, messages=runtime.messages
@@ -121,7 +128,10 @@ def create_app(runtime: Runtime) -> Litestar:
         # log_context: the request's task id and principal on its log lines (web.log_context).
         # telemetry: with tracing on, a server span per request continuing an incoming traceparent.
         middleware=[*telemetry.litestar_middleware(), metrics_middleware, log_context_middleware],
-        before_send=[count_unmatched, security_headers(runtime.settings.http)],
+        before_send=[
+            count_unmatched,
+            security_headers(runtime.settings.http, upload_origins(runtime.settings.storage)),
+        ],
         cors_config=cors_config(runtime.settings.http),
         # http.docs false: no OpenAPI document and no Swagger UI (/docs answers 404).
         openapi_config=openapi_config() if runtime.settings.http.docs else None,

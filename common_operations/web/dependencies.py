@@ -21,6 +21,7 @@ from common_operations.services.identity import Authenticator
 from common_operations.services.messages import MessagesService
 from common_operations.services.settings import SettingsService
 from common_operations.services.tasks import TaskService
+from common_operations.web.console.auth import with_console_credential
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +51,14 @@ def dependencies(
     messages: MessagesService | None = None,
 ) -> dict[str, Provide]:
     """The app-wide dependency ``call``, built per request from the request's credentials."""
+    api_key_header = auth.settings.api_key_header.lower()
 
     async def provide_call(request: Request[Any, Any, Any]) -> CallContext:
         public = bool(request.route_handler.opt.get("public"))
-        principal = await auth.authenticate(request.headers, public=public)
+        # The console's session cookie stands for its header when the request sends none (the
+        # browser's EventSource cannot set headers); see web/console/auth.py.
+        headers = with_console_credential(request.headers, request.cookies, api_key_header)
+        principal = await auth.authenticate(headers, public=public)
         return CallContext(principal, tasks, settings, messages)
 
     return {"call": Provide(provide_call)}

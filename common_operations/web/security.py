@@ -20,7 +20,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Message, Scope
 
-from common_operations.config import HttpSettings
+from common_operations.config import HttpSettings, StorageSettings
 from common_operations.domain.errors import PermissionDenied, Unauthenticated
 from common_operations.domain.principal import ANONYMOUS, Principal
 
@@ -29,17 +29,50 @@ API_PATH: Final = "/api/"
 
 # API answers are JSON (or a file): nothing in them may run, load, or be framed.
 API_CSP: Final = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# Swagger UI (litestar's SwaggerRenderPlugin): its bundle and stylesheet come from jsDelivr, the page
-# starts it with an inline script and style, its icons are data: URIs, and "Try it out" fetches
-# this origin. Only /docs gets this; nothing there echoes request input into the page.
+# /docs (web/docs.py) and /console load their scripts and stylesheets from this origin only (the
+# vendored Swagger UI and htmx under /console/static), with no inline script or style element;
+# Swagger UI's icons are data: URIs, "Try it out" and the console's live progress (SSE) fetch this
+# origin. Nothing on these pages echoes request input into a script.
 DOCS_CSP: Final = (
     "default-src 'none'; "
-    "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://cdn.jsdelivr.net; "
+    "script-src 'self'; "
+    "style-src 'self'; "
+    "img-src 'self' data:; "
     "connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+CONSOLE_PATH: Final = "/console"
+
+
+def console_csp(connect_origins: Sequence[str] = ()) -> str:
+    """The console's policy: like /docs, plus its own forms, and uploads to ``connect_origins``.
+
+    Args:
+        connect_origins: origins the console's scripts may send an import's file to (an S3
+            endpoint's presigned URLs); uploads to this service's own file endpoint are same-origin.
+    """
+    connect = " ".join(["'self'", *connect_origins])
+    return (
+        "default-src 'none'; "
+        "script-src 'self'; "
+        "style-src 'self'; "
+        "img-src 'self' data:; "
+        f"connect-src {connect}; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+
+
+def upload_origins(storage: StorageSettings) -> list[str]:
+    """Where a browser PUTs an import's file besides this service: the S3 endpoint clients reach."""
+    if storage.backend != "s3":
+        return []
+    s3 = storage.s3
+    host = s3.public_endpoint or s3.endpoint
+    if "://" in host:
+        return [host.rstrip("/")]
+    return [f"{'https' if s3.secure else 'http'}://{host}"]
+
+
 HSTS: Final = "max-age=31536000"
 
 _COMMON_HEADERS: Final = (
@@ -59,14 +92,18 @@ def tls_enabled(settings: HttpSettings) -> bool:
     return settings.tls_cert_file is not None and settings.tls_key_file is not None
 
 
-def security_headers(settings: HttpSettings) -> Callable[[Message, Scope], Awaitable[None]]:
+def security_headers(
+    settings: HttpSettings, connect_origins: Sequence[str] = ()
+) -> Callable[[Message, Scope], Awaitable[None]]:
     """A ``before_send`` hook adding the security headers to every HTTP answer.
 
     ``Strict-Transport-Security`` only over HTTPS (a browser ignores it on plain HTTP, and sending it
-    from a TLS listener is what pins clients to TLS); ``Cache-Control: no-store`` on ``/api`` answers
-    that set no caching of their own (they carry task data, private to the caller).
+    from a TLS listener is what pins clients to TLS); ``Cache-Control: no-store`` on ``/api`` and
+    ``/console`` answers that set no caching of their own (they carry task data, private to the
+    caller). ``connect_origins``: see :func:`console_csp`.
     """
     hsts = tls_enabled(settings)
+    console = console_csp(connect_origins)
 
     async def add_headers(message: Message, scope: Scope) -> None:
         if message["type"] != "http.response.start":
@@ -76,10 +113,12 @@ def security_headers(settings: HttpSettings) -> Callable[[Message, Scope], Await
             headers[name] = value
         path = str(scope.get("path", ""))
         docs = path == DOCS_PATH or path.startswith(DOCS_PATH + "/")
-        headers["content-security-policy"] = DOCS_CSP if docs else API_CSP
+        in_console = path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/")
+        headers["content-security-policy"] = console if in_console else DOCS_CSP if docs else API_CSP
         if hsts or scope.get("scheme") == "https":
             headers["strict-transport-security"] = HSTS
-        if path.startswith(API_PATH) and "cache-control" not in headers:
+        private = path.startswith(API_PATH) or in_console
+        if private and "cache-control" not in headers:
             headers["cache-control"] = "no-store"
 
     return add_headers

@@ -92,8 +92,10 @@ async def test_every_answer_carries_the_security_headers(client: AppClient) -> N
         docs = await api.get("/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
         _assert_security_headers(docs, DOCS_CSP)
-        # Swagger UI's bundle comes from jsDelivr: the page's policy allows exactly that origin.
-        assert "https://cdn.jsdelivr.net" in docs.text
+        # Swagger UI comes from the package (no CDN), so the policy allows this origin's scripts only.
+        assert "/console/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs.text
+        assert "https://" not in docs.text and "<script>" not in docs.text
+        assert "'unsafe-inline'" not in DOCS_CSP and "https:" not in DOCS_CSP
 
 
 async def test_cors_is_off_unless_origins_are_configured(client: AppClient) -> None:
