@@ -191,3 +191,39 @@ async def test_login_with_a_token_scopes_the_console_and_its_stream(
     await page.goto(f"{tab.base}/console")
     # Back to dev mode's local admin once the cookie is gone.
     await expect(page.locator("header .who")).to_contain_text("local-admin")
+
+
+async def test_import_upload_and_result_report_download(tab: Tab, http: httpx.AsyncClient) -> None:
+    tag = uuid.uuid4().hex[:8]
+    who = f"browser-{tag}"
+    csv_text = (
+        f"sku,name,price,currency,category\nC{tag}-1,Lamp,19.90,EUR,{tag}\nC{tag}-2,Chair,free,EUR,{tag}\n"
+    )
+    page = tab.page
+    await page.goto(f"{tab.base}/console/new")
+    await page.select_option("select[name=taskType]", "import")
+    await page.fill("input[name=entityType]", "products")
+    await page.fill("input[name=requestedBy]", who)
+    await page.set_input_files(
+        "input[name=file]",
+        files=[{"name": "products.csv", "mimeType": "text/csv", "buffer": csv_text.encode()}],
+    )
+    await page.click("#create-submit")
+    # Created through the API, the file PUT to the task's upload URL, then the task page.
+    await page.wait_for_url(f"{tab.base}/console/tasks/*", timeout=TIMEOUT)
+    task_id = page.url.rsplit("/", 1)[1]
+    await expect(page.locator("#task-panel .badge").first).to_have_text("completed", timeout=30_000)
+    await expect(page.locator('#task-panel [data-field="failedRecords"]')).to_have_text("1")
+    report = page.get_by_role("link", name="Download result report")
+    await expect(report).to_be_visible(timeout=TIMEOUT)
+    await tab.shot("console-import")
+
+    async with page.expect_download() as info:
+        await report.click()
+    download = await info.value
+    path = await download.path()
+    result = path.read_text(encoding="utf-8-sig")
+    assert "_status" in result.splitlines()[0]
+    assert f"C{tag}-2" in result and "INVALID_DECIMAL" in result
+    task = (await http.get(f"{TASKS}/{task_id}")).json()["task"]
+    assert (task["fileName"], task["successRecords"], task["failedRecords"]) == ("products.csv", 1, 1)

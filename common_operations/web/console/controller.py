@@ -370,10 +370,16 @@ class ConsoleController(Controller):
         return Redirect(target, status_code=303)
 
     @get("/tasks/{task_id:str}/download")
-    async def download(self, task_id: FromPath[str], call: Call, file: FromQuery[str] = "output") -> Redirect:
+    async def download(
+        self,
+        request: Request[Any, Any, Any],
+        task_id: FromPath[str],
+        call: Call,
+        file: FromQuery[str] = "output",
+    ) -> Redirect:
         """Send the browser to the signed URL of the task's output, result report or input."""
         download = await call.tasks.download_url(call.principal, parse_task_id(task_id), file)
-        return Redirect(download.url, status_code=302)
+        return Redirect(same_origin_file_url(request, download.url), status_code=302)
 
     @get("/login", opt=PUBLIC)
     async def login_page(
@@ -433,6 +439,21 @@ class ConsoleController(Controller):
             number = pages
             shown, total = await fetch(number)
         return {"items": shown[kind], "total": total, "page": number, "pages": pages}
+
+
+def same_origin_file_url(request: Request[Any, Any, Any], url: str) -> str:
+    """A signed URL of this service's own file endpoint, made relative to the browser's origin.
+
+    Local storage signs URLs for ``storage.public_base_url`` (default ``http://127.0.0.1:<port>``);
+    the browser may reach the console by another name, and the signature covers the path and query
+    only. S3 URLs are returned as they are.
+    """
+    if request.app.state["runtime"].settings.storage.backend != "local":
+        return url
+    parts = urlsplit(url)
+    if not parts.path.startswith(FILES_PATH + "/"):
+        return url
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
 
 
 def _https(request: Request[Any, Any, Any]) -> bool:
