@@ -5,7 +5,9 @@
   everything it started, in order; a second run of the same data directory is refused.
 - ``api`` / ``worker`` / ``migrate``: the parts separately, against configured servers
   (what docker-compose uses).
-- ``tasks``: operator commands (list, show, reconcile).
+- ``tasks``: operator commands against a running service over HTTP (list, show, watch, cancel,
+  retry, logs, bulk cancel|retry; ``common_operations.cli_tasks``) and ``reconcile`` (a reconciler
+  pass with the service's own configuration).
 - ``keys``: API keys of services (create, list, revoke), straight in the database.
 """
 
@@ -18,13 +20,13 @@ import logging
 import os
 import signal
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvloop
 
+from common_operations.cli_tasks import register as register_task_commands
 from common_operations.config import Settings, get_settings
 from common_operations.infra.processes import ComponentFailed, RunRefused
 
@@ -33,8 +35,13 @@ if TYPE_CHECKING:
     from common_operations.infra.ports import Listener
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-tasks_app = typer.Typer(help="Operator commands on tasks.", no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="Operator commands on tasks, against a running service over HTTP (reconcile: its database).",
+    no_args_is_help=True,
+)
 app.add_typer(tasks_app, name="tasks")
+# list, show, watch, cancel, retry, logs, bulk cancel|retry: REST calls (common_operations.cli_tasks).
+register_task_commands(tasks_app)
 keys_app = typer.Typer(help="API keys of services (x-api-key): create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -424,50 +431,6 @@ def _with_runtime(fn: Callable[[Any], Awaitable[Any]]) -> None:
             print(json.dumps(result, indent=2, default=str))
 
     _main(main)
-
-
-@tasks_app.command("list")
-def tasks_list(
-    status: str | None = typer.Option(
-        None, help="pending, scheduled, processing, completed, failed, cancelled"
-    ),
-    task_type: str | None = typer.Option(None, "--type"),
-    limit: int = typer.Option(20, min=1, max=1000),
-) -> None:
-    """List the newest tasks."""
-    from common_operations.domain.principal import Principal
-    from common_operations.domain.status import TaskStatus
-    from common_operations.domain.task import TaskQuery
-
-    async def fn(runtime: Any) -> list[dict[str, Any]]:
-        query = TaskQuery(page_size=limit, status=TaskStatus(status) if status else None, task_type=task_type)
-        # The CLI runs with the service's own configuration and database: an internal admin.
-        page = await runtime.tasks.list_tasks(Principal("cli", frozenset({"admin"})), query)
-        return [
-            {
-                "id": str(t.id),
-                "type": t.task_type,
-                "status": t.status.value,
-                "progress": t.progress_percentage,
-            }
-            for t in page.items
-        ]
-
-    _with_runtime(fn)
-
-
-@tasks_app.command("show")
-def tasks_show(task_id: str) -> None:
-    """Show one task as stored in the mirror."""
-    from dataclasses import asdict
-
-    from common_operations.domain.principal import Principal
-
-    async def fn(runtime: Any) -> dict[str, Any]:
-        cli = Principal("cli", frozenset({"admin"}))
-        return asdict(await runtime.tasks.get_task(cli, uuid.UUID(task_id)))
-
-    _with_runtime(fn)
 
 
 @tasks_app.command("reconcile")

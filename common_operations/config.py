@@ -121,6 +121,16 @@ class OperationsSettings(BaseModel):
     )
     task_types: dict[str, TaskTypeSettings] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _bulk_action_type(self) -> OperationsSettings:
+        # Built in: POST /api/v1/operations/bulk-actions needs a type of kind bulk_action. A
+        # configuration written before bulk actions existed gets one with the defaults.
+        if not any(t.kind is HandlerKind.BULK_ACTION for t in self.task_types.values()):
+            self.task_types.setdefault(
+                "bulk_action", TaskTypeSettings(kind=HandlerKind.BULK_ACTION, heartbeat_timeout=60)
+            )
+        return self
+
     def run_limits(self) -> RunLimits:
         """How a workflow run bounds its history and coalesces reports."""
         return RunLimits(

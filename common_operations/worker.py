@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from common_operations.activities.bulk import BulkActivities
+from common_operations.activities.bulk_actions import BulkActionActivities
 from common_operations.activities.mirror import MirrorActivities
 from common_operations.activities.reconcile import ReconcileActivities
 from common_operations.activities.retention import RetentionActivities
@@ -50,6 +51,7 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
     retention = RetentionActivities(
         runtime.tasks, runtime.bulk_jobs, default_days=runtime.settings.bulk.retention_days
     )
+    bulk_actions = BulkActionActivities(runtime.tasks, runtime.bulk_jobs)
     webhooks = WebhookActivities(
         runtime.repository, WebhookRepository(runtime.engine.pool), runtime.settings.webhooks
     )
@@ -65,6 +67,7 @@ def build_worker(runtime: Runtime, *, task_queue: str | None = None) -> Worker:
             bulk.run_export,
             retention.start_retention_task,
             retention.run_retention,
+            bulk_actions.run_bulk_action,
             webhooks.webhook_policy,
             webhooks.send_webhook,
         ],

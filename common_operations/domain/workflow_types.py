@@ -23,6 +23,10 @@ RETENTION_ACTIVITY = "run_retention"
 RETENTION_JOB_WORKFLOW_TYPE = "RetentionJob"
 START_RETENTION_ACTIVITY = "start_retention_task"
 RETENTION_TASK_TYPE = "retention"
+# Bulk actions: a ``bulk_action`` task (created by POST /api/v1/operations/bulk-actions) whose
+# workflow runs BULK_ACTION_ACTIVITY, which cancels or retries every task matching a filter.
+BULK_ACTION_ACTIVITY = "run_bulk_action"
+BULK_ACTION_TASK_TYPE = "bulk_action"
 # ApplicationError types of bulk jobs that no retry can fix (bad file, bad header, too many errors).
 BULK_INPUT_ERROR = "BULK_INPUT_INVALID"
 BULK_TOO_MANY_ERRORS = "BULK_TOO_MANY_ERRORS"
@@ -80,6 +84,8 @@ class HandlerKind(StrEnum):
     # Built in: deletes final tasks and their files older than a number of days (not a bulk job:
     # it has no input file and no entity sink).
     RETENTION = "retention"
+    # Built in: cancels or retries every task matching a filter, as the operator who asked for it.
+    BULK_ACTION = "bulk_action"
 
     @property
     def is_bulk(self) -> bool:

@@ -18,6 +18,7 @@ from common_operations.web.console.assets import static_router
 from common_operations.web.console.controller import ConsoleController
 from common_operations.web.controllers.admin import AdminController
 from common_operations.web.controllers.api_keys import ApiKeysController
+from common_operations.web.controllers.bulk_actions import BulkActionController
 from common_operations.web.controllers.files import FileController
 from common_operations.web.controllers.health import HealthController
 from common_operations.web.controllers.messages import MessagesController
@@ -108,6 +109,7 @@ def create_app(runtime: Runtime) -> Litestar:
     return Litestar(
         route_handlers=[
             TaskController,
+            BulkActionController,
             FileController,
             HealthController,
             PaymentSettingsController,

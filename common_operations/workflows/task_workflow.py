@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
     from common_operations.domain.workflow_details import current_details
     from common_operations.domain.workflow_types import (
         AWAIT_UPLOAD_ACTIVITY,
+        BULK_ACTION_ACTIVITY,
         BULK_INPUT_ERROR,
         BULK_TOO_MANY_ERRORS,
         EXPORT_ACTIVITY,
@@ -213,6 +214,8 @@ class TaskWorkflow:
                 await self._run_bulk()
             elif self._inp.handler.kind is HandlerKind.RETENTION:
                 await self._run_retention()
+            elif self._inp.handler.kind is HandlerKind.BULK_ACTION:
+                await self._run_bulk_action()
             else:
                 await self._await_external()
             if self._status is not TaskStatus.FAILED or self._s.next_retry_at is None or self._fenced:
@@ -342,7 +345,10 @@ class TaskWorkflow:
         if self._fenced:
             raise InvalidTransition("this run no longer owns the task")
         ensure_accepts_reports(self._status_for_reports())
-        if self._inp.handler.kind.is_bulk or self._inp.handler.kind is HandlerKind.RETENTION:
+        if self._inp.handler.kind.is_bulk or self._inp.handler.kind in (
+            HandlerKind.RETENTION,
+            HandlerKind.BULK_ACTION,
+        ):
             raise InvalidTransition(
                 f"a built-in {self._inp.handler.kind.value} task reports its own progress; "
                 "UpdateTaskProgress is not accepted for it"
@@ -593,6 +599,29 @@ class TaskWorkflow:
             RetentionInput(task_id=self._inp.task_id, days=None if days is None else float(days)),
             "retention",
             non_retryable=[],
+        )
+
+    async def _run_bulk_action(self) -> None:
+        """Cancel or retry every task matching the filter in ``params``, in one activity.
+
+        Modelled on :meth:`_run_bulk`: the activity mirrors its own progress (fenced by this run's
+        owner token and the ``processing`` write's sequence), the transitions are written here.
+        """
+        async with self._lock:
+            await self._transition(TaskStatus.PROCESSING, "task.started", "bulk action started")
+        await self._run_job(
+            BULK_ACTION_ACTIVITY,
+            BulkJobInput(
+                task_id=self._inp.task_id,
+                entity_type=self._inp.entity_type,
+                attempt=self._s.retry_count,
+                owner=self._owner,
+                seq=self._s.seq,
+                params=self._inp.params,
+                progress_interval_seconds=self._inp.limits.progress_interval_seconds,
+            ),
+            "bulk action",
+            non_retryable=[BULK_INPUT_ERROR],
         )
 
     async def _await_upload(self) -> bool:
