@@ -41,6 +41,7 @@ from common_operations.services.reconciler import Reconciler, reconciler_probes
 from common_operations.services.relay import OutboxRelay
 from common_operations.services.settings import SettingsService
 from common_operations.services.tasks import TaskService
+from common_operations.services.watch import TaskWatcher
 
 
 @dataclass(slots=True)
@@ -69,6 +70,8 @@ class Runtime:
     redis: Redis | None = None
     # The outbox relay (events.backend); its sweeper runs in the worker, its fast path in the mirror.
     relay: OutboxRelay | None = None
+    # Live task streams (SSE, gRPC WatchTask); connects (one LISTEN connection) with the first watch.
+    watcher: TaskWatcher | None = None
 
     def reconciler(self) -> Reconciler:
         """A reconciler over this runtime's mirror and workflows."""
@@ -117,6 +120,7 @@ async def open_runtime(
     )
     sinks: SinkRegistry | None = None
     relay: OutboxRelay | None = None
+    watcher: TaskWatcher | None = None
     try:
         entities = load_entities(settings.bulk.entities_dir)
         storage = build_storage(settings)
@@ -154,6 +158,7 @@ async def open_runtime(
         relay = OutboxRelay(OutboxRepository(engine.pool), repository, publisher, settings.events)
         audit = AuditLog(engine.pool)
         api_keys = ApiKeysRepository(engine.pool)
+        watcher = TaskWatcher(repository, engine.pool, settings.database.url)
         yield Runtime(
             settings=settings,
             engine=engine,
@@ -191,8 +196,11 @@ async def open_runtime(
             api_keys=ApiKeysService(api_keys),
             redis=redis,
             relay=relay,
+            watcher=watcher,
         )
     finally:
+        if watcher is not None:
+            await watcher.close()
         if relay is not None:
             await relay.close()
         if sinks is not None:

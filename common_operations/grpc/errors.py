@@ -9,11 +9,12 @@ it is logged with its traceback and the client sees a generic INTERNAL status.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -128,30 +129,58 @@ def grpc_errors(
     @functools.wraps(method)
     async def handler(self: _S, request: _Req, context: Context) -> _Resp:
         try:
-            if isinstance(request, UndecodableRequest):
-                raise ValidationFailed(
-                    f"the request is not a valid {request.message_type} message: {request.reason}"
-                )
+            _check_decoded(request)
             return await method(self, request, context)
-        except DomainError as err:
-            await context.abort(
-                status_for(err), status_details(err), trailing_metadata=trailing_metadata(err)
-            )
-        except grpc.aio.AbortError:
-            # The method aborted the call itself; its status stands.
-            raise
         except Exception as exc:
-            if (outage := as_outage(exc)) is not None:  # an unreachable database: retry, not a bug
-                log.warning("%s: %s", getattr(method, "__qualname__", method), exc)
-                await context.abort(
-                    status_for(outage), outage.message, trailing_metadata=((ERROR_CODE_KEY, outage.code),)
-                )
-            # The client learns nothing about internals; the traceback goes to the log.
-            log.exception("unexpected error in %s", getattr(method, "__qualname__", method))
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                INTERNAL_MESSAGE,
-                trailing_metadata=((ERROR_CODE_KEY, INTERNAL_CODE),),
-            )
+            await _abort_for(context, method, exc)
 
     return handler
+
+
+def grpc_stream_errors(
+    method: Callable[[_S, _Req, Context], AsyncGenerator[_Resp, None]],
+) -> Callable[[_S, _Req, Context], AsyncIterator[_Resp]]:
+    """:func:`grpc_errors` for a server-streaming method (an async generator of responses).
+
+    An error before the first response or between two ends the stream with the mapped status.
+    """
+
+    @functools.wraps(method)
+    async def handler(self: _S, request: _Req, context: Context) -> AsyncIterator[_Resp]:
+        try:
+            _check_decoded(request)
+            # aclosing: a call the client cancels closes the method's generator (and what it holds).
+            async with contextlib.aclosing(method(self, request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except Exception as exc:
+            await _abort_for(context, method, exc)
+
+    return handler
+
+
+def _check_decoded(request: object) -> None:
+    if isinstance(request, UndecodableRequest):
+        raise ValidationFailed(f"the request is not a valid {request.message_type} message: {request.reason}")
+
+
+async def _abort_for(context: Context, method: object, exc: Exception) -> NoReturn:
+    """End the call with the status ``exc`` maps to."""
+    if isinstance(exc, grpc.aio.AbortError):
+        # The method aborted the call itself; its status stands.
+        raise exc
+    if isinstance(exc, DomainError):
+        await context.abort(status_for(exc), status_details(exc), trailing_metadata=trailing_metadata(exc))
+    name = getattr(method, "__qualname__", method)
+    if (outage := as_outage(exc)) is not None:  # an unreachable database: retry, not a bug
+        log.warning("%s: %s", name, exc)
+        await context.abort(
+            status_for(outage), outage.message, trailing_metadata=((ERROR_CODE_KEY, outage.code),)
+        )
+    # The client learns nothing about internals; the traceback goes to the log.
+    log.error("unexpected error in %s", name, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        INTERNAL_MESSAGE,
+        trailing_metadata=((ERROR_CODE_KEY, INTERNAL_CODE),),
+    )

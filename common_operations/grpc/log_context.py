@@ -6,7 +6,8 @@ grpc.aio runs every call in a task of its own, so what a call binds (its ``task_
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -30,11 +31,23 @@ def _task_id(request: Any) -> str | None:
 
 
 def _wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
-    # Bound when grpc calls the behaviour, in the call's task; the coroutine (unary) or async
-    # generator (server streaming) it returns then runs in that task too.
-    def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    # Bound when grpc calls the behaviour, in the call's task. The wrapper must be of the same kind
+    # as the behaviour: grpc.aio (and the metrics interceptor) tell a server-streaming behaviour by
+    # it being an async generator function, and a plain function returning one would be run as a
+    # coroutine handler that writes nothing (WatchTask would end at once, OK and empty).
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            bind(task_id=_task_id(request))
+            async for response in behavior(request, context):
+                yield response
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         bind(task_id=_task_id(request))
-        return behavior(request, context)
+        result = behavior(request, context)
+        return await result if inspect.isawaitable(result) else result
 
     return call
 

@@ -58,16 +58,22 @@ def add_operations_service(
         server: the server to add it to (not yet started).
 
     Raises:
-        TypeError: the service gained a streaming method, which this registration does not handle.
+        TypeError: the service gained a client-streaming method, which this registration does not handle.
     """
     service = operations_pb2.DESCRIPTOR.services_by_name["OperationsService"]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
-        if method.client_streaming or method.server_streaming:
-            raise TypeError(f"{method.full_name} streams; register it with a streaming handler")
+        if method.client_streaming:
+            raise TypeError(f"{method.full_name} streams requests; register it with a streaming handler")
         request_class = getattr(operations_pb2, method.input_type.name)
         response_class = getattr(operations_pb2, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        # WatchTask answers with a stream; every other method with one message.
+        kind = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = kind(
             getattr(servicer, method.name),
             request_deserializer=lenient_deserializer(request_class),
             response_serializer=response_class.SerializeToString,
@@ -110,7 +116,7 @@ async def build_server(
         # With tracing on, a server span per call continuing traceparent metadata (telemetry).
         interceptors=[*telemetry.grpc_server_interceptors(), LogContextInterceptor()],
     )
-    add_operations_service(OperationsServicer(runtime.tasks, runtime.auth), server)
+    add_operations_service(OperationsServicer(runtime.tasks, runtime.auth, watcher=runtime.watcher), server)
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
@@ -149,5 +155,8 @@ async def serve_grpc(runtime: Runtime, host: str, port: int) -> None:
     except asyncio.CancelledError:
         log.info("gRPC shutting down (grace %gs)", SHUTDOWN_GRACE_SECONDS)
         await health_servicer.enter_graceful_shutdown()
+        # WatchTask streams end at once (UNAVAILABLE: resume elsewhere) instead of using the grace.
+        if runtime.watcher is not None:
+            await runtime.watcher.close()
         await server.stop(grace=SHUTDOWN_GRACE_SECONDS)
         raise

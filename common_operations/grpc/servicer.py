@@ -6,19 +6,21 @@ Every rule lives in the service layer and the domain; errors are translated by
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 
-import grpc
 from typing_extensions import override
 
+from common_operations.domain.errors import ServiceUnavailable
 from common_operations.domain.principal import Principal
 from common_operations.domain.task import parse_cancel_reason, parse_task_id
 from common_operations.grpc import mapping
-from common_operations.grpc.errors import Context, grpc_errors
+from common_operations.grpc.errors import Context, grpc_errors, grpc_stream_errors
 from common_operations.grpc.v1 import operations_pb2 as pb
 from common_operations.grpc.v1 import operations_pb2_grpc as pb_grpc
 from common_operations.services.identity import Authenticator
 from common_operations.services.tasks import TaskService
+from common_operations.services.watch import TaskWatcher, parse_after_seq
 
 
 def peer_subject(context: Context) -> str | None:
@@ -38,10 +40,19 @@ async def caller(auth: Authenticator, context: Context, *, public: bool = False)
 class OperationsServicer(pb_grpc.OperationsServiceServicer):
     """The gRPC face of :class:`TaskService`."""
 
-    def __init__(self, tasks: TaskService, auth: Authenticator) -> None:
-        """Serve the use cases of ``tasks`` to the callers ``auth`` verifies."""
+    def __init__(
+        self, tasks: TaskService, auth: Authenticator, *, watcher: TaskWatcher | None = None
+    ) -> None:
+        """Serve the use cases of ``tasks`` to the callers ``auth`` verifies.
+
+        Args:
+            tasks: the task use cases.
+            auth: verifies callers.
+            watcher: live task snapshots for WatchTask (None: WatchTask answers UNAVAILABLE).
+        """
         self._tasks = tasks
         self._auth = auth
+        self._watcher = watcher
 
     @override
     @grpc_errors
@@ -153,10 +164,28 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
         return mapping.health(await self._tasks.health())
 
     @override
+    @grpc_stream_errors
     async def WatchTask(
         self, request: pb.WatchTaskRequest, context: Context
-    ) -> AsyncIterator[pb.WatchTaskResponse]:
-        """Placeholder until the watch lands (issue 10, in progress in this session)."""
-        for _ in ():
-            yield pb.WatchTaskResponse()
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchTask is not implemented yet")
+    ) -> AsyncGenerator[pb.WatchTaskResponse, None]:
+        """The task's snapshot now, then on every change (coalesced), ending with ``final``.
+
+        A task the caller may not see is NOT_FOUND before any message; one deleted while watched
+        ends the stream NOT_FOUND; a server shutting down ends it UNAVAILABLE (call again with
+        ``after_seq``, the last ``seq`` received).
+        """
+        if self._watcher is None:
+            raise ServiceUnavailable("live task streams are not available in this process")
+        after = parse_after_seq(
+            request.after_seq if request.HasField("after_seq") else None, field="afterSeq"
+        )
+        stream = await self._watcher.watch(
+            self._tasks, await caller(self._auth, context), parse_task_id(request.id), after_seq=after
+        )
+        async with contextlib.aclosing(stream):
+            async for update in stream:
+                # Keep-alives are for SSE (proxies drop quiet HTTP/1 responses); HTTP/2 has pings.
+                if update is not None:
+                    yield pb.WatchTaskResponse(
+                        task=mapping.task_to_proto(update.task), seq=update.seq, final=update.final
+                    )

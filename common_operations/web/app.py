@@ -27,6 +27,7 @@ from common_operations.web.controllers.settings import (
     PublicPaymentSettingsController,
     SettingsController,
 )
+from common_operations.web.controllers.stream import TaskStreamController
 from common_operations.web.controllers.tasks import TaskController
 from common_operations.web.dependencies import dependencies
 from common_operations.web.docs import OfflineSwaggerRenderPlugin
@@ -109,6 +110,7 @@ def create_app(runtime: Runtime) -> Litestar:
     return Litestar(
         route_handlers=[
             TaskController,
+            TaskStreamController,
             BulkActionController,
             FileController,
             HealthController,

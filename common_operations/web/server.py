@@ -72,6 +72,10 @@ async def serve_http(runtime: Runtime, host: str, port: int) -> None:
     try:
         await asyncio.shield(serving)
     except asyncio.CancelledError:
+        # Open task streams first: uvicorn waits for every open response before it exits, and an
+        # event stream would only end with its task.
+        if runtime.watcher is not None:
+            await runtime.watcher.close()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, OSError):
             await serving

@@ -175,6 +175,8 @@ FIELDS: dict[str, list[tuple[str, int, str, str]]] = {
         ("status", 1, "string", ""),
         ("components", 2, "map<string, string>", ""),
     ],
+    "WatchTaskRequest": [("id", 1, "string", ""), ("after_seq", 2, "int64", "optional")],
+    "WatchTaskResponse": [("task", 1, T, ""), ("seq", 2, "int64", ""), ("final", 3, "bool", "")],
 }
 
 # Field numbers no longer in use; none may be given a new meaning silently.
@@ -193,7 +195,10 @@ RPCS: dict[str, tuple[str, str]] = {
     "DeleteTask": ("DeleteTaskRequest", "DeleteTaskResponse"),
     "RetryFailedRows": ("RetryFailedRowsRequest", "CreateTaskResponse"),
     "Health": ("HealthRequest", "HealthResponse"),
+    "WatchTask": ("WatchTaskRequest", "WatchTaskResponse"),
 }
+# The one RPC that answers with a stream of messages.
+SERVER_STREAMING = {"WatchTask"}
 
 _SCALARS = {
     value: name.removeprefix("TYPE_").lower()
@@ -287,6 +292,8 @@ def test_every_rpc_is_pinned() -> None:
     assert methods == {
         rpc: (f".{PACKAGE}.{request}", f".{PACKAGE}.{response}") for rpc, (request, response) in RPCS.items()
     }
+    assert {m.name for m in service.method if m.server_streaming} == SERVER_STREAMING
+    assert not any(m.client_streaming for m in service.method)
 
 
 def test_json_names_are_the_lower_camel_case_of_the_field_names() -> None:

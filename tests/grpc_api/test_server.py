@@ -36,6 +36,7 @@ RPCS = {
     "DeleteTask",
     "RetryFailedRows",
     "Health",
+    "WatchTask",
 }
 
 

@@ -69,9 +69,13 @@ OPERATIONS: dict[str, tuple[str, str, str, str | None, str]] = {
         "post", "/api/v1/operations/tasks/{id}/retry-failed-rows", "201", "RetryFailedRowsRequest",
         "CreateTaskResponse",
     ),
+    # Server-Sent Events; each event's data is a TaskOut (tests/web/test_stream.py drives it).
+    "WatchTask": ("get", "/api/v1/operations/tasks/{id}/stream", "200", None, "TaskOut"),
 }  # fmt: skip
 # Operations the original service did not have (additions; SEED_HTTP holds the seed's).
-ADDED_OPERATIONS = {"RetryFailedRows"}
+ADDED_OPERATIONS = {"RetryFailedRows", "WatchTask"}
+# Operations whose 2xx answer is an event stream rather than one JSON body.
+EVENT_STREAMS = {"WatchTask"}
 
 # OpenAPI component -> its properties (request bodies: what the API accepts; answers: what it sends,
 # every property always present).
@@ -216,7 +220,8 @@ async def test_openapi_components_and_operations_are_pinned(api: Client) -> None
         operation = spec["paths"][path][method]
         assert operation["operationId"] == rpc
         assert set(operation["responses"]) >= {status}
-        schema = operation["responses"][status]["content"]["application/json"]["schema"]
+        media = "text/event-stream" if rpc in EVENT_STREAMS else "application/json"
+        schema = operation["responses"][status]["content"][media]["schema"]
         assert schema == {"$ref": f"#/components/schemas/{response}"}, rpc
         body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
         refs = [body] if body and "$ref" in body else (body or {}).get("oneOf", [])
