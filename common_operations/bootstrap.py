@@ -23,9 +23,10 @@ from common_operations.db.outbox_repository import OutboxRepository
 from common_operations.db.repository import TaskRepository
 from common_operations.db.settings_repository import SettingsRepository
 from common_operations.domain.entities import EntitySpec
-from common_operations.infra import cache, task_cache, temporal, temporal_ui
+from common_operations.infra import cache, metrics, task_cache, temporal, temporal_ui
 from common_operations.infra.entity_config import load_entities
 from common_operations.infra.events import build_publisher
+from common_operations.infra.metrics.temporal_sdk import install_sdk_metrics
 from common_operations.infra.rate_limit import RateLimiter
 from common_operations.infra.settings_schemas import load_setting_groups
 from common_operations.infra.sinks.chunks import SinkRegistry
@@ -104,9 +105,14 @@ async def open_runtime(
         raise ValueError("database.url (DATABASE_URL) is not set")
     # Every task's workflowUrl, in whichever transport shows it.
     temporal_ui.configure(settings.temporal.ui_base_url, settings.temporal.namespace)
+    # Task metrics label only the configured types (anything else is "other").
+    metrics.configure(settings.operations.task_types)
     if client is None:
         if not settings.temporal.address:
             raise ValueError("temporal.address (TEMPORAL_ADDRESS) is not set")
+        if settings.observability.temporal_metrics:
+            # Before the client connects: a client (and its workers) keep the runtime they start with.
+            install_sdk_metrics()
         client = await temporal.connect(settings.temporal.address, settings.temporal.namespace)
     engine = await db_engine.connect(
         settings.database.url, pool_min=settings.database.pool_min, pool_max=settings.database.pool_max

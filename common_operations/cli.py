@@ -235,6 +235,16 @@ async def _serve(
             from common_operations.worker import run_worker
 
             parts["worker"] = run_worker(runtime)
+        # Every process refreshes the global gauges (tasks in flight, stuck, outbox lag) and drains
+        # the Temporal SDK's metrics; a worker on its own serves them on a /metrics of its own.
+        from common_operations.infra.metrics.gauges import refresher_for
+
+        parts["metrics"] = refresher_for(runtime).run()
+        metrics_port = settings.observability.worker_metrics_port
+        if with_worker and not with_api and metrics_port:
+            from common_operations.web.metrics import serve_metrics
+
+            parts["metrics-http"] = serve_metrics(runtime, settings.http.host, metrics_port)
         if banner:
             endpoints = [(settings.http.host, settings.http.port), (settings.grpc.host, settings.grpc.port)]
             parts["banner"] = _announce_when_listening(banner, endpoints if with_api else [])

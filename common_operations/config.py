@@ -437,6 +437,9 @@ class ObservabilitySettings(BaseModel):
     gauge_interval: float = Field(15.0, gt=0)
     # The Temporal SDK's worker metrics on /metrics.
     temporal_metrics: bool = True
+    # A worker started on its own (`common-operations worker`) serves /metrics on http.host and this
+    # port (0: none); the API and `run` serve it on the REST port.
+    worker_metrics_port: int = Field(9464, ge=0, le=65535)
 
 
 class Settings(BaseSettings):

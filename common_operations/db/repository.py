@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from common_operations.domain.task import (
     escape_like,
 )
 from common_operations.domain.workflow_types import LogLine, MirrorOutcome, MirrorWrite
+from common_operations.infra.metrics import tasks as task_metrics
 
 TASK_COLUMNS = (
     "id, task_type, entity_type, status, priority, requested_by, params, file_name, file_size, "
@@ -97,7 +99,9 @@ _KEY_ATTEMPTS = 3
 # nothing; ``prev`` tells a replay (same owner, sequence already there) from a fenced-out writer.
 _MIRROR = """
 WITH prev AS (
-  SELECT seq, owner_run_id FROM tasks WHERE id = $1
+  SELECT seq, owner_run_id, task_type, status, processed_records, started_at, created_at,
+         GREATEST(created_at, scheduled_at) AS queued_at
+  FROM tasks WHERE id = $1
 ), u AS (
   UPDATE tasks SET
     seq = $2, run_id = COALESCE($3, run_id), owner_run_id = COALESCE($26, $20, owner_run_id), status = $4,
@@ -127,7 +131,12 @@ WITH prev AS (
 )
 SELECT (SELECT count(*) FROM u) AS applied, (SELECT seq FROM prev) AS prev_seq,
        (SELECT owner_run_id FROM prev) AS prev_owner, EXISTS (SELECT 1 FROM prev) AS found,
-       (SELECT cache_version FROM u) AS cache_version
+       (SELECT cache_version FROM u) AS cache_version,
+       -- The row before the write, for the task metrics (infra.metrics.tasks.mirror_written).
+       (SELECT task_type FROM prev) AS task_type, (SELECT status FROM prev) AS prev_status,
+       (SELECT processed_records FROM prev) AS prev_processed,
+       (SELECT started_at FROM prev) AS prev_started_at, (SELECT created_at FROM prev) AS created_at,
+       (SELECT queued_at FROM prev) AS queued_at
 """
 
 # An annotation (e.g. a stuck workflow) beside the task's current state: once per sequence and type.
@@ -378,6 +387,7 @@ class TaskRepository:
         at = write.at or datetime.now().astimezone()
         # The run decides which lines a write logs; a write made outside any run logs its message.
         lines = write.logs or [LogLine(write.level, write.message, at)]
+        started = time.perf_counter()
         row: asyncpg.Record = await self._pool.fetchrow(
             _MIRROR,
             uuid.UUID(write.task_id),
@@ -408,6 +418,8 @@ class TaskRepository:
             new_owner,
             json.dumps(write.files) if write.files else None,
         )
+        # Counted where the write is applied (the worker's mirror, the reconciler), exactly once.
+        task_metrics.mirror_written(write, row, time.perf_counter() - started)
         if row["applied"] and self.writes is not None:
             await self.writes.written(uuid.UUID(write.task_id), row["cache_version"])
         return row

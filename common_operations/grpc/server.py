@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from common_operations.bootstrap import Runtime
 from common_operations.grpc.errors import lenient_deserializer
 from common_operations.grpc.log_context import LogContextInterceptor
+from common_operations.grpc.metrics import MetricsInterceptor
 from common_operations.grpc.servicer import OperationsServicer
 from common_operations.grpc.v1 import operations_pb2, operations_pb2_grpc
 from common_operations.infra import telemetry
@@ -113,8 +114,13 @@ async def build_server(
     # Log lines of a call carry its task id (grpc.log_context).
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
-        # With tracing on, a server span per call continuing traceparent metadata (telemetry).
-        interceptors=[*telemetry.grpc_server_interceptors(), LogContextInterceptor()],
+        interceptors=[
+            # Every call counted and timed by method and status code (co_grpc_*, grpc.metrics).
+            MetricsInterceptor(),
+            # With tracing on, a server span per call continuing traceparent metadata (telemetry).
+            *telemetry.grpc_server_interceptors(),
+            LogContextInterceptor(),
+        ],
     )
     add_operations_service(OperationsServicer(runtime.tasks, runtime.auth, watcher=runtime.watcher), server)
     health_servicer = health_servicer or health.aio.HealthServicer()

@@ -39,6 +39,7 @@ from common_operations.domain.workflow_types import (
     ReconcileReport,
     task_id_of,
 )
+from common_operations.infra.metrics import tasks as task_metrics
 from common_operations.infra.temporal import TaskWorkflows
 from common_operations.services.runs import TaskRuns, now
 from common_operations.services.tasks import ProbeFailed
@@ -184,6 +185,8 @@ class Reconciler:
             )
             if await self.repository.annotate(task_id, "task.stuck", message, level="error", problems=detail):
                 log.error("task %s is stuck: %s", task_id, detail)
+        # At once in this process; every other process reads it from the reconciler's status.
+        task_metrics.TASKS_STUCK.set(report.stuck)
 
 
 async def _bounded(fn: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:

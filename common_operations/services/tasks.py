@@ -63,6 +63,7 @@ from common_operations.domain.task import (
 )
 from common_operations.domain.task_snapshot import task_snapshot
 from common_operations.domain.workflow_types import HandlerKind
+from common_operations.infra.metrics import tasks as task_metrics
 from common_operations.infra.secrets import scrub
 from common_operations.infra.task_cache import TaskCache
 from common_operations.infra.telemetry import traced_use_cases
@@ -287,6 +288,7 @@ class TaskService:
         except ServiceUnavailable as err:
             log.warning("task %s: workflow not started (%s); the reconciler will start it", task.id, err)
             run_id = None
+        task_metrics.task_created(task.task_type)
         # The row is not read back: it is the one just written, and its run id reaches the row
         # with the run's first mirror write (or the reconciler's adoption of a quiet run).
         upload = prepared.upload
@@ -450,6 +452,7 @@ class TaskService:
                 ensure_cancellable(current.status, retry_pending=current.next_retry_at is not None)
                 raise InvalidTransition("the task's workflow run has ended; read the task again")
         await self._audit_other(principal, "task.cancel", task, reason=text)
+        task_metrics.task_cancelled(task.task_type)
         return await self._get(task_id)
 
     async def retry_task(self, principal: Principal, task_id: uuid.UUID) -> Task:
@@ -522,20 +525,29 @@ class TaskService:
             InvalidTransition: the task no longer accepts reports.
             RateLimited: too many reports of this task are in flight; retry after a second.
         """
-        validate_report_shape(report)
-        await self.limits.check(principal, "progress", str(task_id))
-        task = await self._authorized(principal, Action.REPORT_PROGRESS, task_id)
-        # Checked here too (the workflow's validator has the last word) so that a report on a
-        # finished task is refused without a round trip to a run that may no longer exist. Not for
-        # a failed task: a retry may have started its next run before the mirror shows it pending.
-        if task.status is not TaskStatus.FAILED:
-            ensure_accepts_reports(task.status)
+        task: Task | None = None
         try:
-            snapshot = await self.workflows.report_progress(str(task_id), report)
-        except InvalidTransition:
-            # Say why in the task's own terms when the mirror now shows it ("task is failed; ...").
-            ensure_accepts_reports((await self._get(task_id)).status)
+            validate_report_shape(report)
+            await self.limits.check(principal, "progress", str(task_id))
+            task = await self._authorized(principal, Action.REPORT_PROGRESS, task_id)
+            # Checked here too (the workflow's validator has the last word) so that a report on a
+            # finished task is refused without a round trip to a run that may no longer exist. Not
+            # for a failed task: a retry may have started its next run before the mirror shows it
+            # pending.
+            if task.status is not TaskStatus.FAILED:
+                ensure_accepts_reports(task.status)
+            try:
+                snapshot = await self.workflows.report_progress(str(task_id), report)
+            except InvalidTransition:
+                # Say why in the task's own terms when the mirror now shows it ("task is failed; ...").
+                ensure_accepts_reports((await self._get(task_id)).status)
+                raise
+        except DomainError as err:
+            # Counted by kind (the error code) and type: a rejected report is a reporter's bug or a
+            # late report, and alerts tell them apart.
+            task_metrics.report_rejected(task.task_type if task is not None else None, err.code)
             raise
+        task_metrics.report_accepted(task.task_type)
         return with_snapshot(task, snapshot)
 
     async def delete_task(self, principal: Principal, task_id: uuid.UUID, *, audited: bool = True) -> None:

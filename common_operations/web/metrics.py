@@ -10,21 +10,34 @@ so cardinality stays bounded. Requests that match no route (404/405 from the rou
 route's middleware; a ``before_send`` hook counts them under the route label ``<unmatched>``.
 
 The metrics live in the default registry so that ``/metrics`` also shows what other components of
-the process (gRPC server, Temporal worker) register there.
+the process (gRPC server, Temporal worker) register there: the task metrics of
+``infra.metrics``, the gRPC server's ``co_grpc_*`` and the Temporal SDK's ``temporal_*``.
+
+A worker started on its own (``common-operations worker``) serves no REST API; it serves the same
+guarded ``/metrics`` on ``observability.worker_metrics_port`` (:func:`serve_metrics`), so the
+figures counted where the mirror is written, and its SDK worker metrics, can be scraped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from litestar import MediaType, Response, get
+import uvicorn
+from litestar import Litestar, MediaType, Response, get
+from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
+from common_operations.web.errors import exception_handlers
 from common_operations.web.security import internal_only
+
+if TYPE_CHECKING:
+    from common_operations.bootstrap import Runtime
 
 UNMATCHED = "<unmatched>"
 
@@ -113,3 +126,64 @@ def metrics() -> Response[bytes]:
     """Prometheus text exposition of the process's default registry."""
     # As a header: Litestar would append a second charset to a text/* media type.
     return Response(generate_latest(REGISTRY), headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+def create_metrics_app(runtime: Runtime) -> Litestar:
+    """An app serving only ``/metrics`` (same guard as the REST API's), for a worker-only process."""
+    return Litestar(
+        route_handlers=[metrics],
+        exception_handlers=exception_handlers(),
+        state=State({"runtime": runtime}),
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its signal handling: the process supervisor owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave the process's signal handlers alone."""
+        yield
+
+
+async def serve_metrics(runtime: Runtime, host: str, port: int) -> None:
+    """Serve ``/metrics`` until this coroutine's task is cancelled.
+
+    Args:
+        runtime: connected services (the guard authenticates callers with them); not closed here.
+        host: interface to listen on.
+        port: TCP port.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    config = uvicorn.Config(
+        create_metrics_app(runtime),
+        host=host,
+        port=port,
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    server = _Server(config)
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:
+            # Uvicorn exits the interpreter when it cannot bind: an error of this part instead.
+            raise OSError(f"/metrics could not listen on {host}:{port} (status {exc.code})") from None
+
+    serving = asyncio.ensure_future(serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await serving
+        raise
