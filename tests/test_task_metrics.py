@@ -37,6 +37,7 @@ from common_operations.infra.metrics.temporal_sdk import (
 )
 from common_operations.services.runs import workflow_input
 from common_operations.web.app import create_app
+from common_operations.web.metrics import create_metrics_app
 from common_operations.worker import build_worker
 from common_operations.workflows.reconciler_workflow import ReconcilerWorkflow
 from tests.broken_workflow import BrokenTaskWorkflow
@@ -313,3 +314,16 @@ async def test_temporal_sdk_worker_metrics_reach_the_registry(settings: Settings
     assert "temporal_worker_task_slots_available{" in text and 'worker_type="WorkflowWorker"' in text
     assert "temporal_request_total{" in text and "temporal_local_activity_total_total" not in text
     assert re.search(r'temporal_request_latency_bucket\{le="\+Inf",.*\} [1-9]', text)
+
+
+async def test_a_worker_alone_serves_the_guarded_metrics(runtime: Runtime, configured: None) -> None:
+    """``common-operations worker`` has no REST API: its /metrics app shows the same registry."""
+    transport = httpx.ASGITransport(app=create_metrics_app(runtime))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://worker.local") as worker_api:
+        # Dev mode: no credentials is the local admin (one of http.internal_roles).
+        answer = await worker_api.get("/metrics")
+        assert answer.status_code == 200
+        assert "# TYPE co_tasks_finished_total counter" in answer.text
+        assert (await worker_api.get("/api/v1/operations/tasks")).status_code == 404
+        refused = await worker_api.get("/metrics", headers={"authorization": "Bearer not-a-token"})
+        assert refused.status_code == 401
