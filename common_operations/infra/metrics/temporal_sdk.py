@@ -31,6 +31,8 @@ from temporalio.runtime import (
     TelemetryConfig,
 )
 
+from common_operations.infra.logs import temporal_core_logging
+
 # Every SDK histogram is a latency (schedule-to-start, execution, RPC), in seconds here.
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # Updates the core keeps between drains; it drops (and logs) updates beyond this.
@@ -139,7 +141,9 @@ def _family_metric(name: str, family: _Family) -> Metric:
 def buffered_runtime() -> tuple[Runtime, MetricBuffer]:
     """A Temporal runtime that records its metrics into a new buffer (durations in seconds)."""
     buffer = MetricBuffer(BUFFER_SIZE, duration_format=MetricBufferDurationFormat.SECONDS)
-    return Runtime(telemetry=TelemetryConfig(metrics=buffer)), buffer
+    # The core's log lines keep going through the service's log handler (infra/logs.py).
+    telemetry = TelemetryConfig(metrics=buffer, logging=temporal_core_logging())
+    return Runtime(telemetry=telemetry), buffer
 
 
 _installed: SdkMetricsCollector | None = None
