@@ -223,6 +223,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
             "CO_BULK__DATABASES": json.dumps(settings.bulk.databases),
             "CO_BULK__CHUNK_ROWS": str(settings.bulk.chunk_rows),
             "CO_LOG_LEVEL": "WARNING",
+            "CO_OBSERVABILITY__WORKER_METRICS_PORT": "0",
         }
     )
     if sys.pycache_prefix:  # the bench's bytecode cache (see enable_bytecode_cache)

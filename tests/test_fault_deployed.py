@@ -796,7 +796,8 @@ async def wait_until(
 
 
 async def start_worker(dep: Deployment, client: Client, name: str) -> subprocess.Popen[bytes]:
-    popen = dep.children.spawn(name, "worker", dep.env())
+    # Two workers on one host: no worker /metrics listener (it would be the same port for both).
+    popen = dep.children.spawn(name, "worker", dep.env(CO_OBSERVABILITY__WORKER_METRICS_PORT="0"))
 
     async def polling() -> bool:
         assert popen.poll() is None, f"{name} exited ({popen.returncode}):\n{dep.children.log(name)[-3000:]}"

@@ -150,7 +150,14 @@ def test_compose_publishes_only_the_apis_and_temporal_ui_on_loopback() -> None:
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this machine"
-    exposed = {name for name, ports in published.items() if ports}
+    # The observability profile (Prometheus, Grafana) is not started by default.
+    optional = {
+        name
+        for name, service in compose["services"].items()
+        if "observability" in service.get("profiles", [])
+    }
+    assert {"prometheus", "grafana"} <= optional, optional
+    exposed = {name for name, ports in published.items() if ports} - optional
     # MinIO's S3 API: clients PUT and GET the presigned URLs there.
     assert exposed == {"api", "temporal-ui", "minio"}, exposed
     assert {str(p) for p in published["api"]} == {"127.0.0.1:8000:8000", "127.0.0.1:9000:9000"}

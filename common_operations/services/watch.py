@@ -203,6 +203,7 @@ class TaskWatcher:
 
     async def _stream(self, task_id: uuid.UUID, after: int) -> AsyncGenerator[TaskUpdate | None, None]:
         feed = self._subscribe(task_id)
+        checked_token = after == 0
         try:
             while True:
                 changed = feed.changed
@@ -211,6 +212,13 @@ class TaskWatcher:
                 if feed.gone:
                     raise hidden(task_id)
                 update = feed.latest
+                if update is not None and not checked_token:
+                    # A token beyond the task's current seq was never sent for this task (another
+                    # task's, or made up): start over with the current snapshot instead of
+                    # waiting for a seq that may never come.
+                    checked_token = True
+                    if update.seq < after:
+                        after = 0
                 if update is not None and (update.seq > after or update.final):
                     # A final snapshot is sent even when the caller had it: it ends the stream.
                     after = update.seq

@@ -43,6 +43,8 @@ from tests.grpc_api.support import ALICE, WORKER, create, get, report
 from tests.helpers import assert_eventually
 
 EXAMPLES_PER_RPC = 60
+# How long a fuzzed watch waits for its first message.
+STREAM_WAIT = 1.0
 CALL_TIMEOUT = 30.0
 SERVICE = pb.DESCRIPTOR.services_by_name["OperationsService"]
 NOT_ALLOWED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -324,11 +326,29 @@ def fuzz_rpc(channel: grpc.Channel, method: Any, world: World, tally: Tally) -> 
     """Bounded, derandomized examples of one RPC; the first bad answer becomes a finding."""
     request_class = pb.DESCRIPTOR.pool.FindMessageTypeByName(method.input_type.full_name)._concrete_class
     response_class = pb.DESCRIPTOR.pool.FindMessageTypeByName(method.output_type.full_name)._concrete_class
-    call = channel.unary_unary(
-        f"/{SERVICE.full_name}/{method.name}",
-        request_serializer=request_class.SerializeToString,
-        response_deserializer=response_class.FromString,
-    )
+    path = f"/{SERVICE.full_name}/{method.name}"
+    serializers = {
+        "request_serializer": request_class.SerializeToString,
+        "response_deserializer": response_class.FromString,
+    }
+    if method.server_streaming:
+        # A watch of a live task streams until it ends: its first message (or its error) is the
+        # answer to judge; the stream is then cancelled.
+        stream = channel.unary_stream(path, **serializers)
+
+        def call(request: Message, *, metadata: Any, timeout: float) -> None:
+            # A watch resumed at the task's current seq rightly sends nothing until the task
+            # changes: its deadline passing is no error; any other status is judged as usual.
+            responses = stream(request, metadata=metadata, timeout=STREAM_WAIT)
+            try:
+                next(responses, None)
+            except grpc.RpcError as err:
+                if err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+            finally:
+                responses.cancel()
+    else:
+        call = channel.unary_unary(path, **serializers)
 
     @settings(
         max_examples=EXAMPLES_PER_RPC,

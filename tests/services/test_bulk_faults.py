@@ -94,6 +94,8 @@ class WorkerProcess:
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CO_") and k != "DATABASE_URL"}
         env["CONFIG_FILE"] = str(self.config_file)
+        # No worker /metrics listener: a fixed port would clash with other workers of the session.
+        env["CO_OBSERVABILITY__WORKER_METRICS_PORT"] = "0"
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).parent / "common-operations"),

@@ -181,6 +181,20 @@ async def test_resume_sends_only_newer_snapshots_and_always_the_end(runtime: Run
             await ended(again)
 
 
+async def test_a_resume_token_beyond_the_task_starts_over_with_the_current_snapshot(
+    runtime: Runtime, worker: Worker
+) -> None:
+    task = await create(runtime)
+    assert runtime.watcher is not None
+    async with contextlib.aclosing(await runtime.watcher.watch(runtime.tasks, ADMIN, task.id)) as stream:
+        current = await next_update(stream)
+    # Never sent for this task (another task's id, or made up): waiting for it could last forever.
+    resumed = await runtime.watcher.watch(runtime.tasks, ADMIN, task.id, after_seq=current.seq + 1000)
+    async with contextlib.aclosing(resumed):
+        update = await asyncio.wait_for(next_update(resumed), 10)
+        assert update.seq == current.seq and not update.final
+
+
 async def test_hidden_and_missing_tasks_are_not_found_before_anything_is_sent(
     runtime: Runtime, worker: Worker
 ) -> None:

@@ -49,6 +49,7 @@ async def test_task_json_uses_the_seed_field_names(api: Client, who: str) -> Non
         "successRecords", "failedRecords", "progressPercentage", "scheduledAt", "startedAt",
         "completedAt", "errorMessage", "retryCount", "maxRetries", "createdAt", "updatedAt",
         "paramsObject", "nextRetryAt", "manifest", "sourceTaskId", "filesAvailable", "callbackUrl",
+        "workflowUrl",
     }  # fmt: skip
 
 
