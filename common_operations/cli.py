@@ -261,6 +261,7 @@ def _banner(settings: Settings, temporal_ui: str | None) -> str:
         "",
         "Common Operations is running (Ctrl-C stops everything):",
         f"  REST API        {base}/api/v1/operations/tasks",
+        f"  Console         {base}/console",
         f"  API docs        {base}/docs" if settings.http.docs else "  API docs        off (http.docs)",
         f"  Metrics         {base}/metrics",
         f"  gRPC            {host}:{settings.grpc.port}  ({grpc_extras})",
