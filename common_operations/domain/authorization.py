@@ -36,13 +36,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from common_operations.domain.errors import PermissionDenied, TaskNotFound, Unauthenticated
+from common_operations.domain.errors import PermissionDenied, TaskNotFound
 from common_operations.domain.principal import (
     ADMIN_ROLE,
     OPERATOR_ROLE,
     SERVICE_ROLE,
     VIEWER_ROLE,
     Principal,
+    require_credentials,
 )
 from common_operations.domain.task import Task
 
@@ -217,8 +218,7 @@ def authorize(principal: Principal, action: Action, task: Task, *, reporters: Co
         TaskNotFound: the caller may not even read the task (same error as a missing id).
         PermissionDenied: it may read the task, but not do this.
     """
-    if principal.via == "anonymous":
-        raise Unauthenticated("credentials are required: a bearer token or an API key")
+    require_credentials(principal)
     if not can_see(principal, task, reporters):
         raise hidden(task.id)
     if allowed(principal, action, task, reporters):
@@ -264,8 +264,7 @@ def authorize_create(principal: Principal, requested_by: str | None, *, admin_on
         PermissionDenied: it may not create tasks (viewer), not of this type, or may not name
             someone else.
     """
-    if principal.via == "anonymous":
-        raise Unauthenticated("credentials are required: a bearer token or an API key")
+    require_credentials(principal)
     creation = Creation(requested_by=requested_by or principal.subject, created_by=principal.subject)
     roles = effective_roles(principal)
     if admin_only and ADMIN_ROLE not in roles:
@@ -328,3 +327,18 @@ def require_settings_reader(principal: Principal, what: str) -> None:
     """
     if not may_read_settings(principal):
         raise PermissionDenied(f"reading {what} needs the {ADMIN_ROLE} or {OPERATOR_ROLE} role")
+
+
+def authorize_bulk_action(principal: Principal) -> None:
+    """Refuse a bulk action (cancel or retry by filter) to anyone but an admin or an operator.
+
+    Raises:
+        Unauthenticated: the caller is anonymous.
+        PermissionDenied: the caller has neither role.
+    """
+    require_credentials(principal)
+    if not effective_roles(principal) & {ADMIN_ROLE, OPERATOR_ROLE}:
+        raise PermissionDenied(
+            f"bulk actions reach other principals' tasks: they need the {ADMIN_ROLE} or "
+            f"{OPERATOR_ROLE} role ({principal.subject} has neither)"
+        )

@@ -16,9 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from common_operations.domain.authorization import effective_roles
-from common_operations.domain.errors import PermissionDenied, Unauthenticated, ValidationFailed
-from common_operations.domain.principal import ADMIN_ROLE, OPERATOR_ROLE, Principal
+from common_operations.domain.errors import ValidationFailed
 from common_operations.domain.status import TaskStatus
 from common_operations.domain.task import (
     MAX_REASON_LENGTH,
@@ -126,22 +124,6 @@ class BulkAction:
         if f.search:
             words.append(f"matching {f.search!r}")
         return " ".join(words)
-
-
-def authorize_bulk_action(principal: Principal) -> None:
-    """Refuse a bulk action to anyone but an admin or an operator.
-
-    Raises:
-        Unauthenticated: the caller is anonymous.
-        PermissionDenied: the caller has neither role.
-    """
-    if principal.via == "anonymous":
-        raise Unauthenticated("credentials are required: a bearer token or an API key")
-    if not effective_roles(principal) & {ADMIN_ROLE, OPERATOR_ROLE}:
-        raise PermissionDenied(
-            f"bulk actions reach other principals' tasks: they need the {ADMIN_ROLE} or "
-            f"{OPERATOR_ROLE} role ({principal.subject} has neither)"
-        )
 
 
 def parse_action(raw: str | None) -> BulkActionKind:

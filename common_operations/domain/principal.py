@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common_operations.domain.errors import PermissionDenied
+from common_operations.domain.errors import PermissionDenied, Unauthenticated
 
 ADMIN_ROLE = "admin"
 OPERATOR_ROLE = "operator"
@@ -30,6 +30,16 @@ class Principal:
 
 
 ANONYMOUS = Principal(subject="anonymous", via="anonymous")
+
+
+def require_credentials(principal: Principal) -> None:
+    """Refuse the anonymous caller of a public route anything beyond that route.
+
+    Raises:
+        Unauthenticated: ``principal`` is the anonymous one (no credentials were sent).
+    """
+    if principal.via == ANONYMOUS.via:
+        raise Unauthenticated("credentials are required: a bearer token or an API key")
 
 
 def require_admin(principal: Principal, action: str) -> None:

@@ -13,10 +13,10 @@ import logging
 import uuid
 
 from common_operations.db.audit_repository import AuditEntry, AuditQuery
+from common_operations.domain.authorization import authorize_bulk_action
 from common_operations.domain.bulk_actions import (
     BULK_ACTION_AUDIT,
     BulkAction,
-    authorize_bulk_action,
     validate_bulk_action,
 )
 from common_operations.domain.errors import ServiceUnavailable

@@ -21,8 +21,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Message, Scope
 
 from common_operations.config import HttpSettings, StorageSettings
-from common_operations.domain.errors import PermissionDenied, Unauthenticated
-from common_operations.domain.principal import ANONYMOUS, Principal
+from common_operations.domain.errors import PermissionDenied
+from common_operations.domain.principal import Principal, require_credentials
 
 DOCS_PATH: Final = "/docs"
 API_PATH: Final = "/api/"
@@ -150,8 +150,7 @@ def require_internal(principal: Principal, roles: Sequence[str]) -> None:
     """
     if not roles:
         return
-    if principal == ANONYMOUS:
-        raise Unauthenticated("credentials are required: a bearer token or an API key")
+    require_credentials(principal)
     if not any(principal.has_role(role) for role in roles):
         raise PermissionDenied(f"this view needs one of the roles {', '.join(sorted(roles))}")
 
